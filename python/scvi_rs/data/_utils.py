@@ -1,0 +1,186 @@
+"""Helpers shared by the manager and the fields: attribute access, checks, uuids."""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from typing import TYPE_CHECKING, Any
+from uuid import uuid4
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from .._settings import settings
+from . import _constants
+
+if TYPE_CHECKING:
+    from anndata import AnnData
+
+logger = logging.getLogger("scvi_rs")
+
+
+def _is_mudata(obj: Any) -> bool:
+    return hasattr(obj, "mod") and type(obj).__name__ == "MuData"
+
+
+def get_anndata_attribute(
+    adata: AnnData, attr_name: str, attr_key: str | None, mod_key: str | None = None
+) -> Any:
+    """Return ``adata.<attr_name>[<attr_key>]``; an obs/var column comes back as ``(n, 1)``."""
+    if mod_key is not None:
+        if not _is_mudata(adata):
+            raise ValueError(f"Cannot access modality {mod_key} on an AnnData object.")
+        if mod_key not in adata.mod:
+            raise ValueError(f"{mod_key} is not a valid modality in adata.mod.")
+        adata = adata.mod[mod_key]
+    adata_attr = getattr(adata, attr_name)
+    if attr_key is None:
+        field = adata_attr
+    elif isinstance(adata_attr, pd.DataFrame):
+        if attr_key not in adata_attr.columns:
+            raise ValueError(f"{attr_key} is not a valid column in adata.{attr_name}.")
+        field = adata_attr.loc[:, attr_key]
+    else:
+        if attr_key not in adata_attr.keys():
+            raise ValueError(f"{attr_key} is not a valid key in adata.{attr_name}.")
+        field = adata_attr[attr_key]
+    if isinstance(field, pd.Series):
+        field = field.to_numpy().reshape(-1, 1)
+    return field
+
+
+def _set_data_in_registry(
+    adata: AnnData, data: Any, attr_name: str, attr_key: str | None, mod_key: str | None = None
+) -> None:
+    """Write ``data`` to ``adata.<attr_name>[<attr_key>]`` (or the attribute itself)."""
+    if mod_key is not None:
+        adata = adata.mod[mod_key]
+    if attr_key is None:
+        setattr(adata, attr_name, data)
+        return
+    attribute = getattr(adata, attr_name)
+    if isinstance(attribute, pd.DataFrame):
+        attribute.loc[:, attr_key] = data
+    else:
+        attribute[attr_key] = data
+
+
+def _sample_rows(n: int, n_to_check: int) -> np.ndarray:
+    # Same RNG use as the reference: numpy's global legacy generator, with replacement.
+    return np.random.choice(n, size=(n_to_check,))  # noqa: NPY002
+
+
+def _check_nonnegative_integers(data: Any, n_to_check: int = 20) -> bool:
+    """Sample ``data`` and tell whether the sampled values are non-negative integers."""
+    if isinstance(data, pd.DataFrame):
+        data = data.to_numpy()
+    module = type(data).__module__
+    if module.startswith("h5py") or type(data).__name__ in (
+        "CSRDataset",
+        "CSCDataset",
+        "BaseCompressedSparseDataset",
+    ):
+        check = data[:100]
+        if sp.issparse(check):
+            check = check.data
+        check = np.asarray(check)
+    elif module.startswith("dask"):
+        check = np.asarray(data[:100, :100].compute())
+    elif sp.issparse(data):
+        values = data.data
+        if values.shape[0] == 0:
+            return True
+        check = values[_sample_rows(values.shape[0], n_to_check)]
+    elif isinstance(data, np.ndarray):
+        if data.shape[0] == 0:
+            return True
+        check = data[_sample_rows(data.shape[0], n_to_check)]
+    else:
+        raise TypeError("data type not understood")
+    if check.size == 0:
+        return True
+    if check.dtype.kind in "biu":
+        return not bool(np.any(check < 0))
+    negative = bool(np.any(check < 0))
+    non_integer = bool(np.any(check % 1 != 0))
+    return not (negative or non_integer)
+
+
+def _check_fragment_counts(data: Any, n_to_check: int = 100) -> bool:
+    """Tell whether sampled values look like fragment counts (non-negative integers)."""
+    return _check_nonnegative_integers(data, n_to_check=n_to_check)
+
+
+def _verify_and_correct_data_format(
+    adata: AnnData, attr_name: str, attr_key: str | None, mod_key: str | None = None
+) -> None:
+    """Make dense data C-contiguous in place; warn on sparse data that is not CSR."""
+    data = get_anndata_attribute(adata, attr_name, attr_key, mod_key=mod_key)
+    data_loc = f"adata.{attr_name}" + (f"['{attr_key}']" if attr_key is not None else "")
+    if sp.issparse(data) and data.format != "csr":
+        warnings.warn(
+            f"Training will be faster when sparse matrix is formatted as CSR. It is safe to "
+            f"cast before model initialization. ({data_loc} is {data.format.upper()})",
+            UserWarning,
+            stacklevel=settings.warnings_stacklevel,
+        )
+    elif isinstance(data, np.ndarray) and not data.flags["C_CONTIGUOUS"]:
+        logger.debug("%s is not C_CONTIGUOUS. Overwriting to C_CONTIGUOUS.", data_loc)
+        _set_data_in_registry(adata, np.ascontiguousarray(data), attr_name, attr_key, mod_key)
+    elif isinstance(data, pd.DataFrame) and not data.to_numpy().flags["C_CONTIGUOUS"]:
+        logger.debug("%s is not C_CONTIGUOUS. Overwriting to C_CONTIGUOUS.", data_loc)
+        fixed = pd.DataFrame(
+            np.ascontiguousarray(data.to_numpy()), index=data.index, columns=data.columns
+        )
+        _set_data_in_registry(adata, fixed, attr_name, attr_key, mod_key)
+
+
+def _assign_adata_uuid(adata: AnnData, overwrite: bool = False) -> None:
+    """Give ``adata`` a fresh ``uns['_scvi_uuid']`` (if it has none, or ``overwrite``)."""
+    if overwrite or _constants._SCVI_UUID_KEY not in adata.uns:
+        adata.uns[_constants._SCVI_UUID_KEY] = str(uuid4())
+
+
+def _check_if_view(adata: AnnData, copy_if_view: bool = False) -> bool:
+    """Raise on a view, or (``copy_if_view``) turn it into an actual object in place."""
+    if _is_mudata(adata):
+        for mod in adata.mod.values():
+            _check_if_view(mod, copy_if_view=copy_if_view)
+        return False
+    if adata.is_view:
+        if copy_if_view:
+            logger.info("Received view of anndata, making copy.")
+            adata._init_as_actual(adata.copy())
+            _assign_adata_uuid(adata, overwrite=True)
+            return True
+        raise ValueError("Please run `adata = adata.copy()`")
+    return False
+
+
+def _check_mudata_fully_paired(mdata: Any) -> None:
+    """MuData only: every modality mask in ``mdata.obsm`` must be all True."""
+    if not _is_mudata(mdata):
+        return
+    for mod_key in mdata.mod:
+        if mod_key in mdata.obsm and not np.all(np.asarray(mdata.obsm[mod_key])):
+            raise ValueError(
+                f"Detected unpaired observations in modality {mod_key}. Please make sure that "
+                "data is fully paired in all MuData inputs. Either pad the unpaired "
+                "modalities or take the intersection with muon.pp.intersect_obs()."
+            )
+
+
+def _get_adata_minify_type(adata: AnnData) -> str | None:
+    return adata.uns.get(_constants._ADATA_MINIFY_TYPE_UNS_KEY, None)
+
+
+def _is_minified(adata: AnnData | str) -> bool:
+    """Whether an AnnData (or an h5ad path) has been minified."""
+    uns_key = _constants._ADATA_MINIFY_TYPE_UNS_KEY
+    if isinstance(adata, str):
+        import h5py
+
+        with h5py.File(adata) as fp:
+            return uns_key in fp["uns"].keys()
+    return uns_key in adata.uns

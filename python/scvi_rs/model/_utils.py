@@ -1,0 +1,8 @@
+"""Helpers of the model layer (re-exported names of scvi-tools' ``scvi.model._utils``)."""
+
+from __future__ import annotations
+
+from ..train._device import parse_device_args
+from .base._training_mixin import get_max_epochs_heuristic
+
+__all__ = ["get_max_epochs_heuristic", "parse_device_args"]

@@ -1,0 +1,5 @@
+"""Torch modules (``scvi.module``)."""
+
+from ._vae import VAE
+
+__all__ = ["VAE"]

@@ -1,0 +1,437 @@
+"""``TrainingPlan``: optimizers, KL warm-up, the training/validation steps and their metrics."""
+
+from __future__ import annotations
+
+import inspect
+import warnings
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any, Literal
+
+import torch
+
+from .._settings import settings
+from ._metrics import EpochAccumulator
+
+if TYPE_CHECKING:
+    from ..module.base import BaseModuleClass, LossOutput
+    from ._trainer import Trainer
+
+_ELBO_COMPONENTS = ("elbo", "reconstruction_loss", "kl_local", "kl_global")
+
+
+def _compute_kl_weight(
+    epoch: int,
+    step: int,
+    n_epochs_kl_warmup: int | None,
+    n_steps_kl_warmup: int | None,
+    max_kl_weight: float = 1.0,
+    min_kl_weight: float = 0.0,
+) -> float:
+    """KL weight of a linear warm-up from ``min_kl_weight`` to ``max_kl_weight``.
+
+    Parameters
+    ----------
+    epoch
+        Current epoch (0-based).
+    step
+        Current global optimisation step.
+    n_epochs_kl_warmup
+        Warm-up length in epochs; takes precedence over ``n_steps_kl_warmup``.
+    n_steps_kl_warmup
+        Warm-up length in steps, used when ``n_epochs_kl_warmup`` is falsy.
+    max_kl_weight
+        Weight reached at the end of the warm-up.
+    min_kl_weight
+        Weight at the start of the warm-up.
+
+    Returns
+    -------
+    float
+        The KL weight.
+    """
+    if min_kl_weight > max_kl_weight:
+        raise ValueError(
+            f"min_kl_weight={min_kl_weight} is larger than max_kl_weight={max_kl_weight}."
+        )
+    slope = max_kl_weight - min_kl_weight
+    if n_epochs_kl_warmup:
+        if epoch < n_epochs_kl_warmup:
+            return slope * (epoch / n_epochs_kl_warmup) + min_kl_weight
+    elif n_steps_kl_warmup and step < n_steps_kl_warmup:
+        return slope * (step / n_steps_kl_warmup) + min_kl_weight
+    return max_kl_weight
+
+
+def _scalar_sum(value: Any) -> torch.Tensor | float:
+    """Sum a loss record (tensor, number or dict of tensors) into one 0-d value."""
+    if isinstance(value, dict):
+        return sum(_scalar_sum(v) for v in value.values())
+    if isinstance(value, torch.Tensor):
+        return value.sum()
+    return float(value) if value is not None else 0.0
+
+
+class TrainingPlan:
+    """Lightweight training plan for unsupervised VAE-style modules (no Lightning).
+
+    Parameters
+    ----------
+    module
+        A :class:`~scvi_rs.module.base.BaseModuleClass` instance.
+    optimizer
+        ``"Adam"``, ``"AdamW"`` or ``"Custom"`` (then ``optimizer_creator`` is required).
+    optimizer_creator
+        Callable taking the trainable parameters and returning an optimizer.
+    lr
+        Learning rate.
+    update_only_decoder
+        Passed to the module's inference input as ``full_forward_pass=not update_only_decoder``.
+    weight_decay
+        Weight decay of Adam/AdamW.
+    eps
+        Epsilon of Adam/AdamW.
+    n_steps_kl_warmup
+        KL warm-up length in steps (used when ``n_epochs_kl_warmup`` is None).
+    n_epochs_kl_warmup
+        KL warm-up length in epochs.
+    reduce_lr_on_plateau
+        Whether to reduce the learning rate when ``lr_scheduler_metric`` plateaus.
+    lr_factor, lr_patience, lr_threshold, lr_min
+        Arguments of :class:`torch.optim.lr_scheduler.ReduceLROnPlateau`.
+    lr_scheduler_metric
+        Validation metric the scheduler monitors.
+    max_kl_weight, min_kl_weight
+        End points of the KL warm-up.
+    compile
+        Wrap the module's forward with :func:`torch.compile`.
+    compile_kwargs
+        Keyword arguments of :func:`torch.compile`.
+    on_step, on_epoch
+        Whether ``train_loss`` is logged per step and/or per epoch.
+    **loss_kwargs
+        Extra keyword arguments of the module's ``loss``.
+    """
+
+    def __init__(
+        self,
+        module: BaseModuleClass,
+        *,
+        optimizer: Literal["Adam", "AdamW", "Custom"] = "Adam",
+        optimizer_creator: Callable[[Iterable[torch.Tensor]], torch.optim.Optimizer] | None = None,
+        lr: float = 1e-3,
+        update_only_decoder: bool = False,
+        weight_decay: float = 1e-6,
+        eps: float = 0.01,
+        n_steps_kl_warmup: int | None = None,
+        n_epochs_kl_warmup: int | None = 400,
+        reduce_lr_on_plateau: bool = False,
+        lr_factor: float = 0.6,
+        lr_patience: int = 30,
+        lr_threshold: float = 0.0,
+        lr_scheduler_metric: Literal[
+            "elbo_validation", "reconstruction_loss_validation", "kl_local_validation"
+        ] = "elbo_validation",
+        lr_min: float = 0,
+        max_kl_weight: float = 1.0,
+        min_kl_weight: float = 0.0,
+        compile: bool = False,
+        compile_kwargs: dict | None = None,
+        on_step: bool | None = False,
+        on_epoch: bool | None = True,
+        **loss_kwargs: Any,
+    ) -> None:
+        if optimizer == "Custom" and optimizer_creator is None:
+            raise ValueError("If optimizer is 'Custom', `optimizer_creator` must be provided.")
+        if min_kl_weight > max_kl_weight:
+            raise ValueError(
+                f"min_kl_weight={min_kl_weight} is larger than max_kl_weight={max_kl_weight}."
+            )
+        self.module = module
+        self.optimizer_name = optimizer
+        self.optimizer_creator = optimizer_creator
+        self.lr = lr
+        self.update_only_decoder = update_only_decoder
+        self.weight_decay = weight_decay
+        self.eps = eps
+        self.n_steps_kl_warmup = n_steps_kl_warmup
+        self.n_epochs_kl_warmup = n_epochs_kl_warmup
+        self.reduce_lr_on_plateau = reduce_lr_on_plateau
+        self.lr_factor = lr_factor
+        self.lr_patience = lr_patience
+        self.lr_threshold = lr_threshold
+        self.lr_scheduler_metric = lr_scheduler_metric
+        self.lr_min = lr_min
+        self.max_kl_weight = max_kl_weight
+        self.min_kl_weight = min_kl_weight
+        self.on_step = on_step
+        self.on_epoch = on_epoch
+        self.loss_kwargs = dict(loss_kwargs)
+        self._forward = module
+        if compile:
+            self._forward = torch.compile(module, **(compile_kwargs or {}))
+
+        self._loss_args = set(inspect.signature(module.loss).parameters)
+        if "kl_weight" in self._loss_args:
+            self.loss_kwargs["kl_weight"] = self.kl_weight
+        self._inference_accepts_full_pass = "full_forward_pass" in set(
+            inspect.signature(module._get_inference_input).parameters
+        )
+        self._n_obs_training: int | None = None
+        self._n_obs_validation: int | None = None
+        self.trainer: Trainer | None = None
+        self.current_epoch = 0
+        self.global_step = 0
+        self._epoch_metrics = {"train": EpochAccumulator(), "validation": EpochAccumulator()}
+        self._mode = "train"
+
+    # -- properties the trainer and callers read -------------------------------------
+    @property
+    def n_obs_training(self) -> int | None:
+        """Number of training cells; scales ``kl_global`` in the ELBO."""
+        return self._n_obs_training
+
+    @n_obs_training.setter
+    def n_obs_training(self, n_obs: int | None) -> None:
+        if "n_obs" in self._loss_args:
+            self.loss_kwargs["n_obs"] = n_obs
+        self._n_obs_training = n_obs
+
+    @property
+    def n_obs_validation(self) -> int | None:
+        """Number of validation cells."""
+        return self._n_obs_validation
+
+    @n_obs_validation.setter
+    def n_obs_validation(self, n_obs: int | None) -> None:
+        self._n_obs_validation = n_obs
+
+    @property
+    def kl_weight(self) -> float:
+        """KL weight for the current epoch and step."""
+        return _compute_kl_weight(
+            self.current_epoch,
+            self.global_step,
+            self.n_epochs_kl_warmup,
+            self.n_steps_kl_warmup,
+            self.max_kl_weight,
+            self.min_kl_weight,
+        )
+
+    @property
+    def device(self) -> torch.device:
+        """Device of the module's parameters."""
+        return self.module.device
+
+    @property
+    def use_sync_dist(self) -> bool:
+        """Whether metrics are synchronised across processes (single-process here)."""
+        return False
+
+    # -- logging -------------------------------------------------------------------------
+    def log(
+        self,
+        name: str,
+        value: torch.Tensor | float,
+        on_step: bool | None = None,
+        on_epoch: bool | None = True,
+        batch_size: int | None = None,
+        prog_bar: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        """Log a value: averaged over the epoch (weighted by ``batch_size``) and/or per step.
+
+        Parameters
+        ----------
+        name
+            Metric name in the history.
+        value
+            0-d tensor or number; tensors stay on the device until the epoch ends.
+        on_step
+            Record the value at logging steps (every ``log_every_n_steps``).
+        on_epoch
+            Record the epoch's weighted mean.
+        batch_size
+            Weight of the value in the epoch mean (default 1).
+        prog_bar
+            Show in the progress bar (the epoch mean is shown).
+        **kwargs
+            Accepted for Lightning compatibility (``sync_dist``, ...).
+        """
+        if on_epoch:
+            self._epoch_metrics[self._mode].update(name, value, batch_size or 1)
+        if on_step and self.trainer is not None:
+            self.trainer._log_step_value(name, value)
+
+    def log_dict(self, values: dict[str, Any], **kwargs: Any) -> None:
+        """Log every item of ``values`` with :meth:`log`."""
+        for key, value in values.items():
+            self.log(key, value, **kwargs)
+
+    # -- steps -------------------------------------------------------------------------
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        """Run the module's forward pass."""
+        if self._inference_accepts_full_pass:
+            kwargs.setdefault(
+                "get_inference_input_kwargs", {"full_forward_pass": not self.update_only_decoder}
+            )
+        return self._forward(*args, **kwargs)
+
+    __call__ = forward
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        """Compute the loss of one minibatch and log its metrics.
+
+        Parameters
+        ----------
+        batch
+            Tensors keyed by registry key, already on the module's device.
+        batch_idx
+            Index of the minibatch within the epoch.
+
+        Returns
+        -------
+        torch.Tensor
+            The loss to back-propagate.
+        """
+        if "kl_weight" in self.loss_kwargs:
+            kl_weight = self.kl_weight
+            self.loss_kwargs["kl_weight"] = kl_weight
+            self.log("kl_weight", kl_weight, on_step=True, on_epoch=False)
+        _, _, loss_output = self.forward(batch, loss_kwargs=self.loss_kwargs)
+        n_obs = self._minibatch_size(loss_output, batch)
+        self.log(
+            "train_loss",
+            loss_output.loss,
+            on_step=self.on_step,
+            on_epoch=self.on_epoch,
+            batch_size=n_obs,
+            prog_bar=True,
+        )
+        self.compute_and_log_metrics(loss_output, None, "train")
+        return loss_output.loss
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        """Compute the loss of one validation minibatch and log its metrics.
+
+        Parameters
+        ----------
+        batch
+            Tensors keyed by registry key, already on the module's device.
+        batch_idx
+            Index of the minibatch within the validation pass.
+        """
+        _, _, loss_output = self.forward(batch, loss_kwargs=self.loss_kwargs)
+        n_obs = self._minibatch_size(loss_output, batch)
+        self.log("validation_loss", loss_output.loss, on_epoch=True, batch_size=n_obs)
+        self.compute_and_log_metrics(loss_output, None, "validation")
+
+    @staticmethod
+    def _minibatch_size(loss_output: LossOutput, batch: dict[str, torch.Tensor]) -> int:
+        n_obs = getattr(loss_output, "n_obs_minibatch", None)
+        if n_obs is None:
+            first = next(v for v in batch.values() if isinstance(v, torch.Tensor))
+            n_obs = first.shape[0]
+        return int(n_obs)
+
+    def compute_and_log_metrics(
+        self, loss_output: LossOutput, metrics: dict | None, mode: str
+    ) -> None:
+        """Accumulate the ELBO components and extra metrics of one minibatch.
+
+        Parameters
+        ----------
+        loss_output
+            The module's :class:`~scvi_rs.module.base.LossOutput`.
+        metrics
+            Unused; kept for signature compatibility with the reference.
+        mode
+            ``"train"`` or ``"validation"``; metric names get this suffix.
+        """
+        acc = self._epoch_metrics[mode]
+        n_obs = self._minibatch_size(loss_output, {})
+        rec = _sum_or_record(loss_output, "reconstruction_loss_sum", "reconstruction_loss")
+        kl_local = _sum_or_record(loss_output, "kl_local_sum", "kl_local")
+        kl_global = _sum_or_record(loss_output, "kl_global_sum", "kl_global")
+        n_total = self.n_obs_training if mode == "train" else self.n_obs_validation
+        n_total = n_total if n_total is not None and n_total >= 1 else 1
+        acc.add(f"elbo_{mode}", rec + kl_local + kl_global / n_total, n_obs)
+        acc.add(f"reconstruction_loss_{mode}", rec, n_obs)
+        acc.add(f"kl_local_{mode}", kl_local, n_obs)
+        acc.add(f"kl_global_{mode}", kl_global, 1)
+        for key, value in (getattr(loss_output, "extra_metrics", None) or {}).items():
+            if isinstance(value, torch.Tensor) and value.dim() != 0:
+                warnings.warn(
+                    f"Extra tracked metrics {key} should be 0-d tensors. It will not be logged",
+                    UserWarning,
+                    stacklevel=settings.warnings_stacklevel,
+                )
+                continue
+            acc.update(f"{key}_{mode}", value, 1)
+
+    def on_train_epoch_end(self) -> None:
+        """Hook run after each training epoch (metrics are flushed by the trainer)."""
+
+    def on_validation_epoch_end(self) -> None:
+        """Hook run after each validation pass."""
+
+    # -- optimisation ------------------------------------------------------------------
+    def get_optimizer_creator(self) -> Callable[[Iterable[torch.Tensor]], torch.optim.Optimizer]:
+        """Return a callable building the optimizer from parameters.
+
+        Returns
+        -------
+        callable
+            ``params -> optimizer``.
+        """
+        fused = _fused_supported(self.module)
+        if self.optimizer_name == "Adam":
+            return lambda params: torch.optim.Adam(
+                params, lr=self.lr, eps=self.eps, weight_decay=self.weight_decay, **fused
+            )
+        if self.optimizer_name == "AdamW":
+            return lambda params: torch.optim.AdamW(
+                params, lr=self.lr, eps=self.eps, weight_decay=self.weight_decay, **fused
+            )
+        if self.optimizer_name == "Custom":
+            return self.optimizer_creator
+        raise ValueError("Optimizer not understood.")
+
+    def configure_optimizers(self) -> torch.optim.Optimizer | dict[str, Any]:
+        """Build the optimizer (and the plateau scheduler when requested).
+
+        Returns
+        -------
+        optimizer or dict
+            The optimizer, or ``{"optimizer", "lr_scheduler": {"scheduler", "monitor"}}``.
+        """
+        params = [p for p in self.module.parameters() if p.requires_grad]
+        optimizer = self.get_optimizer_creator()(params)
+        if not self.reduce_lr_on_plateau:
+            return optimizer
+        scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+            optimizer,
+            patience=self.lr_patience,
+            factor=self.lr_factor,
+            threshold=self.lr_threshold,
+            min_lr=self.lr_min,
+            threshold_mode="abs",
+        )
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "monitor": self.lr_scheduler_metric},
+        }
+
+
+def _sum_or_record(loss_output: Any, sum_attr: str, record_attr: str) -> torch.Tensor | float:
+    value = getattr(loss_output, sum_attr, None)
+    if value is None:
+        value = getattr(loss_output, record_attr, None)
+    return _scalar_sum(value)
+
+
+def _fused_supported(module: torch.nn.Module) -> dict[str, bool]:
+    """Use the fused Adam kernel when every parameter lives on a CUDA device."""
+    params = list(module.parameters())
+    if params and all(p.is_cuda and p.is_floating_point() for p in params):
+        return {"fused": True}
+    return {}
