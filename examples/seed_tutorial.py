@@ -177,7 +177,7 @@ except AttributeError:
     print("This function does not exist")
 
 
-class SCVI(VAEMixin, UnsupervisedTrainingMixin, BaseModelClass):  # noqa: F811
+class SCVI(VAEMixin, UnsupervisedTrainingMixin, BaseModelClass):
     """single-cell Variational Inference [Lopez18]_."""
 
     def __init__(

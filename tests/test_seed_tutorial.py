@@ -20,8 +20,9 @@ def test_seed_tutorial_runs_every_cell(tmp_path):
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     out = result.stdout + result.stderr
     assert "Input AnnData not setup with scvi-tools. attempting to transfer AnnData setup" in out
-    assert "SCVI Model with the following params: \nn_latent: 10\nTraining status: Not Trained" in (
-        out
+    assert (
+        "SCVI Model with the following params: \nn_latent: 10\nTraining status: Not Trained"
+        in (out)
     )
     assert "already downloaded" in out
     assert "This function does not exist" in out

@@ -38,7 +38,7 @@ def test_kl_weight_step_warmup_and_no_warmup():
 
 
 def test_kl_weight_min_above_max_is_an_error():
-    with pytest.raises(ValueError, match="min_kl_weight=2.0 is larger than max_kl_weight=1.0"):
+    with pytest.raises(ValueError, match=r"min_kl_weight=2\.0 is larger than max_kl_weight=1\.0"):
         _compute_kl_weight(0, 0, 400, None, max_kl_weight=1.0, min_kl_weight=2.0)
 
 
@@ -111,7 +111,7 @@ def test_early_stopping_missing_metric_names_available_ones():
     callback = LoudEarlyStopping(monitor="elbo_validation")
     trainer = _FakeTrainer()
     trainer.callback_metrics = {"elbo_train": 1.0}
-    with pytest.raises(RuntimeError, match="elbo_validation.*elbo_train"):
+    with pytest.raises(RuntimeError, match=r"elbo_validation.*elbo_train"):
         callback.on_validation_end(trainer, None)
 
 

@@ -170,6 +170,8 @@ class TrainingPlan:
         if compile:
             self._forward = torch.compile(module, **(compile_kwargs or {}))
 
+        self.current_epoch = 0
+        self.global_step = 0
         self._loss_args = set(inspect.signature(module.loss).parameters)
         if "kl_weight" in self._loss_args:
             self.loss_kwargs["kl_weight"] = self.kl_weight
@@ -179,8 +181,6 @@ class TrainingPlan:
         self._n_obs_training: int | None = None
         self._n_obs_validation: int | None = None
         self.trainer: Trainer | None = None
-        self.current_epoch = 0
-        self.global_step = 0
         self._epoch_metrics = {"train": EpochAccumulator(), "validation": EpochAccumulator()}
         self._mode = "train"
 

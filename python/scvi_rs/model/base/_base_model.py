@@ -18,7 +18,7 @@ from anndata import AnnData
 
 from ..._settings import settings
 from ...data import AnnDataManager
-from ...data._constants import _MANAGER_UUID_KEY, _SCVI_UUID_KEY
+from ...data._constants import _SCVI_UUID_KEY
 from ...dataloaders import AnnDataLoader
 from ...train._device import parse_device_args
 from ...utils import attrdict

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib
 import logging
 import os
 import pickle
 import tempfile
+import types
 import zipfile
 from collections.abc import Callable
 from typing import Any
@@ -21,6 +23,10 @@ logger = logging.getLogger("scvi_rs")
 # callable beyond these constructors is ever resolved while unpickling.
 _ALLOWED_GLOBALS = (
     "builtins.slice",
+    "builtins.dict",
+    "builtins.list",
+    "builtins.bytes",
+    "collections.defaultdict",
     "builtins.set",
     "builtins.frozenset",
     "builtins.complex",
@@ -59,19 +65,65 @@ def _resolve(dotted: str) -> Any | None:
     return getattr(module, attr, None)
 
 
-def _allowed_globals() -> list[Any]:
+# torch's own rebuild functions (tensors, parameters, sizes, dtypes, devices) are taken from
+# the allow-list of its weights_only loader; these are the ones a state dict needs when that
+# list is unavailable (older torch).
+_TORCH_FALLBACK_GLOBALS = (
+    "collections.OrderedDict",
+    "torch._utils._rebuild_tensor_v2",
+    "torch._utils._rebuild_parameter",
+    "torch._utils._rebuild_parameter_with_state",
+    "torch.Size",
+    "torch.device",
+    "_codecs.encode",
+)
+
+
+@functools.cache
+def _allowed_globals() -> dict[str, Any]:
     import numpy.dtypes
 
-    objects = [obj for obj in map(_resolve, _ALLOWED_GLOBALS) if obj is not None]
-    objects += [getattr(numpy.dtypes, n) for n in dir(numpy.dtypes) if n.endswith("DType")]
-    return objects
+    allowed: dict[str, Any] = {}
+    torch_allowed = getattr(torch._weights_only_unpickler, "_get_allowed_globals", None)
+    if callable(torch_allowed):
+        allowed.update(torch_allowed())
+    for name in (*_TORCH_FALLBACK_GLOBALS, *_ALLOWED_GLOBALS):
+        obj = _resolve(name)
+        if obj is not None:
+            allowed[name] = obj
+    for name in dir(numpy.dtypes):
+        if name.endswith("DType"):
+            allowed[f"numpy.dtypes.{name}"] = getattr(numpy.dtypes, name)
+    return allowed
+
+
+class _AllowListUnpickler(pickle.Unpickler):
+    """Unpickler that resolves only the globals of :func:`_allowed_globals`."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        module = {"__builtin__": "builtins", "copy_reg": "copyreg"}.get(module, module)
+        obj = _allowed_globals().get(f"{module}.{name}")
+        if obj is None:
+            raise pickle.UnpicklingError(f"global {module}.{name} is not allowed")
+        return obj
+
+
+# The `pickle_module` torch.load uses: torch wraps `Unpickler` (to map its storage types)
+# and calls our `find_class` for every other global, so nothing outside the allow-list is
+# ever imported or called, whatever version of torch does the loading.
+_allow_list_pickle = types.SimpleNamespace(
+    Unpickler=_AllowListUnpickler,
+    UnpicklingError=pickle.UnpicklingError,
+    load=lambda file, **kwargs: _AllowListUnpickler(file, **kwargs).load(),
+    __name__="scvi_rs_allow_list_pickle",
+)
 
 
 def safe_torch_load(path: str | os.PathLike, map_location: Any = None) -> Any:
     """Load a ``torch.save`` file without executing pickled code.
 
     Only tensors, containers, numpy arrays/scalars and pandas frames/indexes are rebuilt
-    (``weights_only=True`` with an explicit allow-list); anything else is refused.
+    (an unpickler with an explicit allow-list of globals); anything else is refused.
 
     Parameters
     ----------
@@ -91,16 +143,15 @@ def safe_torch_load(path: str | os.PathLike, map_location: Any = None) -> Any:
         If the file is corrupt or truncated, or asks to build an object outside the allow-list.
     """
     try:
-        with torch.serialization.safe_globals(_allowed_globals()):
-            return torch.load(path, map_location=map_location, weights_only=True)
+        return torch.load(
+            path, map_location=map_location, weights_only=False, pickle_module=_allow_list_pickle
+        )
     except pickle.UnpicklingError as err:
-        detail = str(err)
-        marker = "WeightsUnpickler error:"
-        if marker in detail:
-            detail = detail.split(marker, 1)[1].strip().split("\n\n", 1)[0]
+        if "is not allowed" not in str(err):
+            raise ValueError(f"The model file {path} is corrupt or truncated: {err}") from err
         raise ValueError(
             f"Refusing to load {path}: it contains objects that scvi-rs does not unpickle "
-            f"({detail}). Only tensors, numpy arrays and pandas frames are allowed."
+            f"({err}). Only tensors, numpy arrays and pandas frames are allowed."
         ) from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as err:
         if isinstance(err, FileNotFoundError):
