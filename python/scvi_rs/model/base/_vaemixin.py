@@ -8,6 +8,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
 from anndata import AnnData
 
@@ -283,3 +284,108 @@ class VAEMixin:
         if return_dist:
             return torch.cat(means).numpy(), torch.cat(variances).numpy()
         return torch.cat(latents).numpy()
+
+    @torch.inference_mode()
+    def get_aggregated_posterior(
+        self,
+        adata: AnnData | None = None,
+        indices: Sequence[int] | None = None,
+        batch_size: int | None = None,
+        dof: float | None = 3.0,
+    ) -> torch.distributions.Distribution:
+        """Return the aggregated posterior of the latent space over a set of cells.
+
+        An equal-weight mixture, per latent dimension, of one component per cell: a
+        Student-t with ``dof`` degrees of freedom (a Normal when ``dof`` is None) at the
+        cell's posterior mean and standard deviation.
+
+        Parameters
+        ----------
+        adata
+            AnnData set up like the model's; the model's own by default.
+        indices
+            Cells whose posteriors are aggregated; all by default.
+        batch_size
+            Minibatch size; ``settings.batch_size`` by default.
+        dof
+            Degrees of freedom of the Student-t components; None for Normal components.
+
+        Returns
+        -------
+        torch.distributions.MixtureSameFamily
+            Batch shape ``(n_latent,)``: ``log_prob(z)`` of ``z`` with shape
+            ``(..., n_latent)`` gives the per-dimension log densities.
+        """
+        self._check_if_trained(warn=False)
+        means, variances = self.get_latent_representation(
+            adata=adata, indices=indices, batch_size=batch_size, return_dist=True
+        )
+        loc = torch.as_tensor(means, device=self.device).T
+        scale = torch.as_tensor(variances, device=self.device).T.sqrt()
+        if dof is None:
+            components = torch.distributions.Normal(loc, scale)
+        else:
+            components = torch.distributions.StudentT(dof, loc, scale)
+        mixture = torch.distributions.Categorical(
+            logits=torch.ones(loc.shape[1], device=loc.device)
+        )
+        return torch.distributions.MixtureSameFamily(mixture, components)
+
+    @torch.inference_mode()
+    def differential_abundance(
+        self,
+        adata: AnnData | None = None,
+        sample_key: str | None = None,
+        batch_size: int = 128,
+        num_cells_posterior: int | None = None,
+        dof: float | None = None,
+    ) -> pd.DataFrame:
+        """Log density of every cell under each sample's aggregated posterior.
+
+        Parameters
+        ----------
+        adata
+            AnnData set up like the model's; the model's own by default.
+        sample_key
+            Column of ``adata.obs`` naming each cell's sample.
+        batch_size
+            Minibatch size.
+        num_cells_posterior
+            Build each sample's aggregated posterior from at most this many of its cells
+            (chosen at random); all of them by default.
+        dof
+            Degrees of freedom of the Student-t components; None for Normal components.
+
+        Returns
+        -------
+        pandas.DataFrame
+            Cells x samples log densities (summed over latent dimensions); also stored in
+            ``adata.obsm["da_log_probs"]``.
+        """
+        adata = self._validate_anndata(adata)
+        if sample_key is None or sample_key not in adata.obs:
+            raise KeyError(f"sample_key {sample_key!r} is not a column of adata.obs.")
+        z = torch.as_tensor(
+            self.get_latent_representation(adata=adata, batch_size=batch_size),
+            device=self.device,
+        )
+        samples = adata.obs[sample_key]
+        unique_samples = samples.unique()
+        rng = np.random.default_rng(settings.seed)
+        columns = []
+        for sample in unique_samples:
+            cells = np.flatnonzero((samples == sample).to_numpy())
+            if num_cells_posterior is not None and num_cells_posterior < cells.size:
+                cells = rng.choice(cells, num_cells_posterior, replace=False)
+            posterior = self.get_aggregated_posterior(
+                adata=adata, indices=cells, batch_size=batch_size, dof=dof
+            )
+            parts = [posterior.log_prob(chunk).sum(-1) for chunk in torch.split(z, batch_size)]
+            columns.append(torch.cat(parts).cpu().numpy())
+        log_probs = pd.DataFrame(
+            np.stack(columns, axis=1) if columns else np.empty((adata.n_obs, 0)),
+            index=adata.obs_names.to_numpy(),
+            columns=list(unique_samples),
+        )
+        adata.obsm["da_log_probs"] = log_probs
+        return log_probs
