@@ -153,3 +153,25 @@ def test_max_epochs_heuristic(n_obs, expected):
 def test_max_epochs_heuristic_floor_warns():
     with pytest.warns(UserWarning, match="max_epochs"):
         assert get_max_epochs_heuristic(100_000_000) == 1
+
+
+def test_metric_hooks_run_at_plan_creation_and_can_be_overridden():
+    from scvi_rs.module import VAE
+    from scvi_rs.train import TrainingPlan
+
+    calls = []
+
+    class Plan(TrainingPlan):
+        def initialize_train_metrics(self):
+            calls.append("train")
+            super().initialize_train_metrics()
+
+        def initialize_val_metrics(self):
+            calls.append("validation")
+            super().initialize_val_metrics()
+
+    plan = Plan(VAE(n_input=10))
+    assert calls == ["train", "validation"]
+    plan._epoch_metrics["train"].add("elbo_train", 1.0, 1)
+    plan.initialize_train_metrics()
+    assert "elbo_train" not in plan._epoch_metrics["train"]

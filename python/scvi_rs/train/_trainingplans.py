@@ -182,7 +182,9 @@ class TrainingPlan:
         self._n_obs_training: int | None = None
         self._n_obs_validation: int | None = None
         self.trainer: Trainer | None = None
-        self._epoch_metrics = {"train": EpochAccumulator(), "validation": EpochAccumulator()}
+        self._epoch_metrics: dict[str, EpochAccumulator] = {}
+        self.initialize_train_metrics()
+        self.initialize_val_metrics()
         self._mode = "train"
 
     # -- properties the trainer and callers read -------------------------------------
@@ -368,6 +370,14 @@ class TrainingPlan:
                 )
                 continue
             acc.update(f"{key}_{mode}", value, 1)
+
+    def initialize_train_metrics(self) -> None:
+        """Start the training ELBO metrics afresh (the reference's torchmetrics hook)."""
+        self._epoch_metrics["train"] = EpochAccumulator()
+
+    def initialize_val_metrics(self) -> None:
+        """Start the validation ELBO metrics afresh (the reference's torchmetrics hook)."""
+        self._epoch_metrics["validation"] = EpochAccumulator()
 
     def on_train_epoch_end(self) -> None:
         """Hook run after each training epoch (metrics are flushed by the trainer)."""
