@@ -6,6 +6,8 @@
 //! ([`Key::Missing`]: `None` or NaN) never maps to a code: pandas would silently give it
 //! code -1, which scvi then rejects much later, so it is an error here.
 
+use std::cmp::Ordering;
+use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hash, Hasher};
 
@@ -243,6 +245,79 @@ pub fn encode(values: &[Key<'_>], mapping: &[Key<'_>]) -> Result<Vec<i32>> {
     Ok(codes)
 }
 
+fn mixed_error() -> CoreError {
+    CoreError::Dtype(
+        "values mix strings and numbers, which have no common sort order; convert them to one \
+         type first"
+            .into(),
+    )
+}
+
+/// pandas' category order: strings by code point (Python's `str` order), numbers
+/// numerically. Only meaningful for keys of one kind (never [`Key::Missing`]).
+fn pandas_cmp(a: &Key<'_>, b: &Key<'_>) -> Ordering {
+    match (a, b) {
+        (Key::Str(x), Key::Str(y)) => x.cmp(y),
+        (Key::Int(x), Key::Int(y)) => x.cmp(y),
+        _ => a.as_f64().total_cmp(&b.as_f64()),
+    }
+}
+
+/// The distinct values of `values` in order of first appearance, with the position of each
+/// first appearance. `code_of(code)` is called for every value, in order, with the
+/// first-seen index of its distinct value.
+///
+/// # Errors
+/// [`CoreError::Value`] for a missing value or more than `i32::MAX` distinct values,
+/// [`CoreError::Dtype`] when strings and numbers are mixed.
+fn first_seen<'a>(
+    values: &[Key<'a>],
+    mut code_of: impl FnMut(i32),
+) -> Result<(Vec<Key<'a>>, Vec<usize>)> {
+    let mut index: FxHashMap<Key<'a>, i32> = FxHashMap::default();
+    let (mut keys, mut first) = (Vec::new(), Vec::new());
+    let (mut has_str, mut has_num) = (false, false);
+    // Columns repeat a few str objects: remember each string's code by address.
+    let mut cache = PtrCache::new(0i32);
+    for (pos, &key) in values.iter().enumerate() {
+        let (addr, len) = match key {
+            Key::Missing => return Err(missing_error("values contain", pos)),
+            Key::Str(s) => {
+                has_str = true;
+                let (addr, len) = (s.as_ptr() as usize, s.len());
+                if let Some(code) = cache.get(addr, len) {
+                    code_of(code);
+                    continue;
+                }
+                (addr, len)
+            }
+            Key::Int(_) | Key::Float(_) => {
+                has_num = true;
+                (0, 0)
+            }
+        };
+        let code = match index.entry(key) {
+            Entry::Occupied(e) => *e.get(),
+            Entry::Vacant(e) => {
+                let code = i32::try_from(keys.len()).map_err(|_| {
+                    CoreError::value("values have more than 2**31 - 1 distinct values")
+                })?;
+                keys.push(key);
+                first.push(pos);
+                *e.insert(code)
+            }
+        };
+        if addr != 0 {
+            cache.put(addr, len, code);
+        }
+        code_of(code);
+    }
+    if has_str && has_num {
+        return Err(mixed_error());
+    }
+    Ok((keys, first))
+}
+
 /// The categories pandas gives a new categorical of `values`: the distinct values, strings
 /// sorted by code point (Python's `str` order) or numbers sorted numerically. Returns, for
 /// each category in order, the position of its first occurrence in `values`.
@@ -251,38 +326,37 @@ pub fn encode(values: &[Key<'_>], mapping: &[Key<'_>]) -> Result<Vec<i32>> {
 /// [`CoreError::Value`] for a missing value, [`CoreError::Dtype`] when strings and numbers
 /// are mixed (they have no common order).
 pub fn build_mapping(values: &[Key<'_>]) -> Result<Vec<usize>> {
-    let mut first: FxHashMap<Key<'_>, usize> = FxHashMap::default();
-    let (mut has_str, mut has_num) = (false, false);
-    let mut seen = PtrCache::new(());
-    for (pos, &key) in values.iter().enumerate() {
-        match key {
-            Key::Missing => return Err(missing_error("values contain", pos)),
-            Key::Str(s) => {
-                has_str = true;
-                let (addr, len) = (s.as_ptr() as usize, s.len());
-                if seen.get(addr, len).is_some() {
-                    continue;
-                }
-                seen.put(addr, len, ());
-            }
-            Key::Int(_) | Key::Float(_) => has_num = true,
-        }
-        first.entry(key).or_insert(pos);
-    }
-    if has_str && has_num {
-        return Err(CoreError::Dtype(
-            "values mix strings and numbers, which have no common sort order; convert them to \
-             one type first"
-                .into(),
-        ));
-    }
-    let mut cats: Vec<(Key<'_>, usize)> = first.into_iter().collect();
-    cats.sort_unstable_by(|(a, _), (b, _)| match (a, b) {
-        (Key::Str(x), Key::Str(y)) => x.cmp(y),
-        (Key::Int(x), Key::Int(y)) => x.cmp(y),
-        _ => a.as_f64().total_cmp(&b.as_f64()),
-    });
+    let (keys, first) = first_seen(values, |_| {})?;
+    let mut cats: Vec<(Key<'_>, usize)> = keys.into_iter().zip(first).collect();
+    cats.sort_unstable_by(|(a, _), (b, _)| pandas_cmp(a, b));
     Ok(cats.into_iter().map(|(_, pos)| pos).collect())
+}
+
+/// [`build_mapping`] and the codes of `values` in it, in one pass over `values`: each value
+/// is hashed once to a first-seen code, then only the distinct values are sorted and the
+/// codes remapped through a table of their ranks. Returns `(mapping, codes)` with `mapping`
+/// as [`build_mapping`] returns it.
+///
+/// # Errors
+/// As [`build_mapping`].
+pub fn factorize(values: &[Key<'_>]) -> Result<(Vec<usize>, Vec<i32>)> {
+    let mut codes = Vec::with_capacity(values.len());
+    let (keys, first) = first_seen(values, |code| codes.push(code))?;
+    let mut order: Vec<usize> = (0..keys.len()).collect();
+    order.sort_unstable_by(|&a, &b| pandas_cmp(&keys[a], &keys[b]));
+    // `first_seen` checked that every first-seen code, hence every rank, fits in an i32.
+    let mut rank = vec![0i32; keys.len()];
+    for (r, &old) in order.iter().enumerate() {
+        rank[old] = i32::try_from(r).unwrap_or(i32::MAX);
+    }
+    for code in &mut codes {
+        // Codes are first-seen indices: non-negative and below `keys.len()`.
+        #[allow(clippy::cast_sign_loss)]
+        let old = *code as usize;
+        *code = rank[old];
+    }
+    let mapping = order.iter().map(|&old| first[old]).collect();
+    Ok((mapping, codes))
 }
 
 #[cfg(test)]
@@ -372,6 +446,78 @@ mod tests {
         let values = [Key::Str(a), Key::Str(b), Key::Str(a)];
         assert_eq!(encode(&values, &[Key::Str("abc")]).unwrap(), [0, 0, 0]);
         assert_eq!(build_mapping(&values).unwrap(), [0]);
+    }
+
+    /// `factorize` must equal `build_mapping` followed by `encode` against its categories.
+    fn check_factorize(values: &[Key<'_>]) -> (Vec<usize>, Vec<i32>) {
+        let (mapping, codes) = factorize(values).unwrap();
+        assert_eq!(mapping, build_mapping(values).unwrap());
+        let cats: Vec<Key<'_>> = mapping.iter().map(|&i| values[i]).collect();
+        assert_eq!(codes, encode(values, &cats).unwrap());
+        (mapping, codes)
+    }
+
+    #[test]
+    fn factorize_gives_pandas_order_and_codes() {
+        let values = [
+            Key::Str("b"),
+            Key::Str("B"),
+            Key::Str("é"),
+            Key::Str("a"),
+            Key::Str("b"),
+        ];
+        assert_eq!(
+            check_factorize(&values),
+            (vec![1, 3, 0, 2], vec![2, 0, 3, 1, 2])
+        );
+        let values = [Key::Int(10), Key::Int(-2), Key::from_f64(2.5), Key::Int(10)];
+        assert_eq!(check_factorize(&values), (vec![1, 2, 0], vec![2, 0, 1, 2]));
+        assert_eq!(check_factorize(&[Key::Str("x")]), (vec![0], vec![0]));
+        assert_eq!(check_factorize(&[]), (vec![], vec![]));
+        // Same text at different addresses is one category.
+        let text = String::from("abcabc");
+        let (a, b) = (&text[0..3], &text[3..6]);
+        let values = [Key::Str(b), Key::Str(a), Key::Str(b), Key::Str("ab")];
+        assert_eq!(check_factorize(&values), (vec![3, 0], vec![1, 1, 1, 0]));
+    }
+
+    #[test]
+    fn factorize_errors_like_build_mapping() {
+        let err = factorize(&[Key::Str("a"), Key::Int(1), Key::Missing]).unwrap_err();
+        assert!(err.to_string().contains("position 2"), "{err}");
+        let err = factorize(&[Key::Str("a"), Key::Int(1)]).unwrap_err();
+        assert!(matches!(err, CoreError::Dtype(_)), "{err}");
+        let err = factorize(&[Key::from_f64(f64::NAN)]).unwrap_err();
+        assert!(err.to_string().contains("position 0"), "{err}");
+    }
+
+    #[test]
+    fn factorize_matches_build_mapping_and_encode() {
+        // Pseudo-random columns (an LCG): repeated, shared and distinct keys of each kind.
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        let mut next = |m: u64| {
+            state = state
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            (state >> 33) % m
+        };
+        let words: Vec<String> = (0..40).map(|i| format!("w{}", i * 7 % 23)).collect();
+        for round in 0..200 {
+            let n = usize::try_from(next(300)).unwrap();
+            let strings: Vec<Key<'_>> = (0..n)
+                .map(|_| Key::Str(&words[usize::try_from(next(40)).unwrap()]))
+                .collect();
+            check_factorize(&strings);
+            #[allow(clippy::cast_precision_loss, clippy::cast_possible_wrap)]
+            let numbers: Vec<Key<'_>> = (0..n)
+                .map(|_| match next(3) {
+                    0 => Key::Int(next(50) as i64 - 25),
+                    1 => Key::from_f64(next(20) as f64 / 4.0 - 2.0),
+                    _ => Key::Int(i64::MIN + i64::from(round % 3)),
+                })
+                .collect();
+            check_factorize(&numbers);
+        }
     }
 
     #[test]

@@ -150,3 +150,114 @@ def test_strided_and_large_inputs():
     np.testing.assert_array_equal(
         _core.encode_categorical(values, mapping), pd.Categorical(values).codes
     )
+
+
+# -- factorize: mapping and codes in one pass ------------------------------------------------
+
+
+def _assert_factorize_matches_pandas(values):
+    mapping, codes = _core.factorize(values)
+    want = pd.Categorical(values)
+    assert list(mapping) == list(want.categories)
+    assert mapping.dtype == _core.build_mapping(values).dtype
+    assert codes.dtype == np.int32
+    np.testing.assert_array_equal(codes, want.codes)
+
+
+_SHARED = "shared"
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        np.array(["b", "a", "B", "é", "a", "", "Z", "😀", "ab"], dtype=object),
+        np.array(["b", "a", "B", "é", "a"]),  # numpy unicode dtype
+        np.array(["日本", "中文", "日本", "ñ", "n", "Ω", "🧬", "🧪"], dtype=object),
+        np.array([3, -1, 3, 10, 2**40, -(2**63), 2**63 - 1], dtype=np.int64),
+        np.array([3, 1, 3], dtype=np.int8),
+        np.array([7, 1, 3], dtype=np.uint64),
+        np.array([2.5, -1.0, 2.5, 1e20, -0.0, 0.0, np.inf, -np.inf]),
+        np.array([2.0, 1.0], dtype=np.float32),
+        np.array([True, False, True]),
+        np.array([True, True]),
+        np.array([3, 1, 2], dtype=object),
+        np.array([1.5, 0.5], dtype=object),
+        ["x", "a", "x"],
+        np.array(["only"], dtype=object),
+        np.array([42]),
+        np.array([_SHARED] * 50 + ["a", _SHARED], dtype=object),  # one repeated object
+        np.array([], dtype=object),
+        np.array([], dtype=np.int64),
+        np.array([], dtype=np.float64),
+    ],
+    ids=repr,
+)
+def test_factorize_matches_pandas(values):
+    _assert_factorize_matches_pandas(values)
+
+
+def test_factorize_equal_strings_in_distinct_objects():
+    # Equal text in different str objects is one category (not keyed by identity).
+    values = np.array(["".join(["ab", "c"]) for _ in range(3)] + ["abc", "ab"], dtype=object)
+    assert len({id(v) for v in values}) >= 3
+    mapping, codes = _core.factorize(values)
+    assert list(mapping) == ["ab", "abc"]
+    np.testing.assert_array_equal(codes, [1, 1, 1, 1, 0])
+
+
+@settings(max_examples=80, deadline=None)
+@given(values=st.lists(st.text(alphabet="abcAB_é😀", max_size=3), max_size=40))
+def test_factorize_strings_match_pandas(values):
+    _assert_factorize_matches_pandas(np.array(values, dtype=object))
+
+
+@settings(max_examples=50, deadline=None)
+@given(values=st.lists(st.integers(-(2**63), 2**63 - 1), max_size=30))
+def test_factorize_ints_match_pandas(values):
+    _assert_factorize_matches_pandas(np.array(values, dtype=np.int64))
+
+
+@settings(max_examples=50, deadline=None)
+@given(
+    values=st.lists(
+        st.floats(allow_nan=False, width=64) | st.integers(-3, 3).map(float), max_size=30
+    )
+)
+def test_factorize_floats_match_pandas(values):
+    _assert_factorize_matches_pandas(np.array(values, dtype=np.float64))
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        np.array(["a", None], dtype=object),
+        np.array(["a", np.nan], dtype=object),
+        np.array([1.0, np.nan]),
+        np.array(["a", pd.NA], dtype=object),
+        np.array(["a", None, 1], dtype=object),  # missing is reported before mixed types
+    ],
+    ids=["None", "nan-object", "nan-float", "pd.NA", "None-then-mixed"],
+)
+def test_factorize_missing_values(values):
+    with pytest.raises(ValueError, match=r"missing value .* at position 1"):
+        _core.factorize(values)
+
+
+def test_factorize_bad_values():
+    with pytest.raises(TypeError, match=r"mix strings and numbers"):
+        _core.factorize(np.array(["a", 1], dtype=object))
+    with pytest.raises(TypeError, match=r"mix strings and numbers"):
+        _core.factorize(np.array([2.5, "a"], dtype=object))
+    with pytest.raises(ValueError, match=r"1-dimensional"):
+        _core.factorize(np.array([["a"]], dtype=object))
+    with pytest.raises(TypeError, match=r"unsupported type"):
+        _core.factorize(np.array([b"a"], dtype=object))
+    with pytest.raises(ValueError, match=r"int64 range"):
+        _core.factorize(np.array([2**64 - 1], dtype=np.uint64))
+
+
+def test_factorize_large_and_strided():
+    cats = np.array([f"type_{i}" for i in range(64)], dtype=object)
+    values = cats[np.random.default_rng(0).integers(0, 64, 200_000)]
+    _assert_factorize_matches_pandas(values)
+    _assert_factorize_matches_pandas(values[::3])

@@ -16,6 +16,7 @@ __all__ = [
     "build_mapping",
     "debug_build",
     "encode_categorical",
+    "factorize",
     "gather_csc_rows",
     "gather_csr_rows",
     "gather_dense_rows",
@@ -71,6 +72,9 @@ def encode_categorical(values: Any, mapping: Any) -> NDArray[np.int32]:
 
 def build_mapping(values: Any) -> NDArray[Any]:
     """Categories of ``pd.Categorical(values)``: sorted distinct values as object (str), int64, float64 or bool array; ValueError on None/NaN, TypeError on mixed str and numbers."""
+
+def factorize(values: Any) -> tuple[NDArray[Any], NDArray[np.int32]]:
+    """``(build_mapping(values), encode_categorical(values, mapping))`` in one pass: the categories of ``pd.Categorical(values)`` and its int32 codes; ValueError on None/NaN, TypeError on mixed str and numbers."""
 
 def registry_fingerprint(json_text: str) -> str:
     """64-char lower-case hex SHA-256 of the canonical JSON (sorted keys, no whitespace, one string escaping; numbers as written); ValueError if invalid JSON."""

@@ -192,6 +192,44 @@ pub fn encode_categorical<'py>(
     Ok(PyArray1::from_vec(py, codes))
 }
 
+/// The categories at positions `order` of `vkeys` as a numpy array: `str` objects for
+/// strings (and for an empty object column), bool, float64 or int64 by `kinds`.
+fn categories_array<'py>(
+    py: Python<'py>,
+    src: &Source<'py>,
+    kinds: Kinds,
+    vkeys: &[Key<'_>],
+    order: &[usize],
+) -> Bound<'py, PyAny> {
+    let cats: Vec<Key<'_>> = order.iter().map(|&i| vkeys[i]).collect();
+    if kinds.string || (cats.is_empty() && matches!(src, Source::Object(_))) {
+        let objs: Vec<Py<PyAny>> = cats
+            .iter()
+            .map(|k| match k {
+                Key::Str(s) => PyString::new(py, s).into_any().unbind(),
+                _ => unreachable!("strings are never mixed with numbers"),
+            })
+            .collect();
+        return PyArray1::from_vec(py, objs).into_any();
+    }
+    if kinds.boolean && !kinds.int && !kinds.float {
+        let b: Vec<bool> = cats.iter().map(|k| matches!(k, Key::Int(1))).collect();
+        return PyArray1::from_vec(py, b).into_any();
+    }
+    if kinds.float {
+        let f: Vec<f64> = cats.iter().map(Key::as_f64).collect();
+        return PyArray1::from_vec(py, f).into_any();
+    }
+    let i: Vec<i64> = cats
+        .iter()
+        .map(|k| match k {
+            Key::Int(i) => *i,
+            _ => unreachable!("only integers remain"),
+        })
+        .collect();
+    PyArray1::from_vec(py, i).into_any()
+}
+
 /// The categories pandas gives `pd.Categorical(values)`, as a numpy array.
 #[pyfunction]
 pub fn build_mapping<'py>(
@@ -202,31 +240,20 @@ pub fn build_mapping<'py>(
     let mut kinds = Kinds::default();
     let vkeys = keys(py, &src, "values", &mut kinds)?;
     let order = py.detach(|| categorical::build_mapping(&vkeys))?;
-    let cats: Vec<Key<'_>> = order.iter().map(|&i| vkeys[i]).collect();
-    if kinds.string || (cats.is_empty() && matches!(src, Source::Object(_))) {
-        let objs: Vec<Py<PyAny>> = cats
-            .iter()
-            .map(|k| match k {
-                Key::Str(s) => PyString::new(py, s).into_any().unbind(),
-                _ => unreachable!("strings are never mixed with numbers"),
-            })
-            .collect();
-        return Ok(PyArray1::from_vec(py, objs).into_any());
-    }
-    if kinds.boolean && !kinds.int && !kinds.float {
-        let b: Vec<bool> = cats.iter().map(|k| matches!(k, Key::Int(1))).collect();
-        return Ok(PyArray1::from_vec(py, b).into_any());
-    }
-    if kinds.float {
-        let f: Vec<f64> = cats.iter().map(Key::as_f64).collect();
-        return Ok(PyArray1::from_vec(py, f).into_any());
-    }
-    let i: Vec<i64> = cats
-        .iter()
-        .map(|k| match k {
-            Key::Int(i) => *i,
-            _ => unreachable!("only integers remain"),
-        })
-        .collect();
-    Ok(PyArray1::from_vec(py, i).into_any())
+    Ok(categories_array(py, &src, kinds, &vkeys, &order))
+}
+
+/// `(build_mapping(values), encode_categorical(values, mapping))` in one pass: each value
+/// becomes a key once and is hashed once.
+#[pyfunction]
+pub fn factorize<'py>(
+    py: Python<'py>,
+    values: &Bound<'py, PyAny>,
+) -> PyResult<(Bound<'py, PyAny>, Bound<'py, PyArray1<i32>>)> {
+    let src = to_source(values, "values")?;
+    let mut kinds = Kinds::default();
+    let vkeys = keys(py, &src, "values", &mut kinds)?;
+    let (order, codes) = py.detach(|| categorical::factorize(&vkeys))?;
+    let mapping = categories_array(py, &src, kinds, &vkeys, &order);
+    Ok((mapping, PyArray1::from_vec(py, codes)))
 }

@@ -13,7 +13,7 @@ use pyo3::prelude::*;
 #[pymodule(gil_used = false)]
 pub mod _core {
     #[pymodule_export]
-    use super::categorical::{build_mapping, encode_categorical};
+    use super::categorical::{build_mapping, encode_categorical, factorize};
     #[pymodule_export]
     use super::gather::{gather_csc_rows, gather_csr_rows, gather_dense_rows};
     #[pymodule_export]

@@ -1,7 +1,8 @@
 """Category encoding for the categorical fields, through the Rust core.
 
-``_core.build_mapping(values)`` gives the categories in pandas' order and
-``_core.encode_categorical(values, mapping)`` the int32 codes. A pandas ``Categorical``
+A fresh registration makes one pass, ``_core.factorize(values)``: the categories in
+pandas' order and the int32 codes together. A transfer encodes against an existing mapping
+with ``_core.encode_categorical(values, mapping)``. A pandas ``Categorical``
 column keeps its own categories (and their order) as the mapping, like the reference, and
 its codes are translated with a per-category lookup table, so no cell is hashed twice.
 Unknown values and missing values come back as code ``-1``; the callers turn those into
@@ -96,11 +97,12 @@ def build(column: Any) -> tuple[np.ndarray, np.ndarray]:
         return mapping, np.asarray(column.cat.codes)
     values = _as_values(column)
     try:
-        mapping = _normalize_mapping(_rust().build_mapping(values), values)
+        mapping, codes = _rust().factorize(values)
+        mapping = _normalize_mapping(mapping, values)
     except (ValueError, TypeError, OverflowError):
         categories = pd.Categorical(values).categories
         return categories.to_numpy(copy=True), np.asarray(pd.Categorical(values).codes)
-    return mapping, encode(values, mapping)
+    return mapping, np.asarray(codes)
 
 
 def unknown_values(column: Any, codes: np.ndarray) -> list[Any]:
