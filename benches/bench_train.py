@@ -190,7 +190,13 @@ class Result:
 
 
 def train_once(
-    library: str, X: sparse.csr_matrix, device: str, batch_size: int, epochs: int, seed: int = 0
+    library: str,
+    X: sparse.csr_matrix,
+    device: str,
+    batch_size: int,
+    epochs: int,
+    seed: int = 0,
+    device_backed: bool = False,
 ) -> Result:
     """Set up and train SCVI with ``library`` ("scvi_rs" or "scvi"), timing ``train``.
 
@@ -208,6 +214,9 @@ def train_once(
         Number of epochs; validation runs after each.
     seed
         ``settings.seed`` of the library.
+    device_backed
+        Train from a ``DeviceBackedDataSplitter`` (the data on the training device; its
+        one-off upload is timed as part of ``train``).
 
     Returns
     -------
@@ -225,8 +234,17 @@ def train_once(
     if device.startswith("cuda"):
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
+    extra = {}
     with sample_usage(device) as usage:
         t0 = time.perf_counter()
+        if device_backed:
+            extra["datamodule"] = lib.dataloaders.DeviceBackedDataSplitter(
+                model.adata_manager,
+                accelerator=accelerator,
+                device=1 if accelerator == "gpu" else "auto",
+                batch_size=batch_size,
+                shuffle=True,
+            )
         model.train(
             max_epochs=epochs,
             batch_size=batch_size,
@@ -234,6 +252,7 @@ def train_once(
             devices=1,
             check_val_every_n_epoch=1,
             enable_progress_bar=False,
+            **extra,
         )
         if device.startswith("cuda"):
             torch.cuda.synchronize()
@@ -241,7 +260,7 @@ def train_once(
     peak_device = torch.cuda.max_memory_allocated() if device.startswith("cuda") else None
     elbo = float(model.history["elbo_validation"].iloc[-1, 0])
     result = Result(
-        library=library,
+        library=library + (" (device-backed)" if device_backed else ""),
         n_train=len(model.train_indices),
         epochs=epochs,
         seconds=seconds,
@@ -288,6 +307,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--libraries", nargs="+", default=["scvi_rs", "scvi"], help="import names to run"
     )
+    parser.add_argument(
+        "--device-backed",
+        action="store_true",
+        help="also run scvi-rs with DeviceBackedDataSplitter (the matrix on the device)",
+    )
     args = parser.parse_args(argv)
     libraries = [
         lib for lib in args.libraries if lib == "scvi_rs" or importlib.util.find_spec(lib)
@@ -309,12 +333,15 @@ def main(argv: list[str] | None = None) -> None:
         )
         for batch_size in args.batch_size:
             results = {}
-            for lib in libraries:
-                r = train_once(lib, X, args.device, batch_size, args.epochs)
-                results[lib] = r
+            runs = [(lib, False) for lib in libraries]
+            if args.device_backed:
+                runs.append(("scvi_rs", True))
+            for lib, device_backed in runs:
+                r = train_once(lib, X, args.device, batch_size, args.epochs, 0, device_backed)
+                results[r.library] = r
                 util = "-" if r.mean_gpu_util is None else f"{r.mean_gpu_util:.0f}"
                 print(
-                    f"| {case} | {X.shape[0]:,} | {batch_size} | {lib} | {r.epochs} | "
+                    f"| {case} | {X.shape[0]:,} | {batch_size} | {r.library} | {r.epochs} | "
                     f"{r.seconds:.2f} | {r.cells_per_s:,.0f} | {r.elbo_validation:.2f} | "
                     f"{_mib(r.peak_rss_bytes)} | {_mib(r.peak_device_bytes)} | {util} |",
                     flush=True,

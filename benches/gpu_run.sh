@@ -32,7 +32,7 @@ timeout 240 python3 -m pytest -q -p no:cacheprovider -k "cuda or gpu" tests/test
 
 echo "== training throughput, 1,000,000 x 2,000 (10%), batch 128 and 1024"
 timeout 300 python3 benches/bench_train.py --device cuda --case 1m_2000g --batch-size 128 1024 \
-  --libraries scvi_rs
+  --libraries scvi_rs --device-backed
 echo "== training throughput, 200,000 x 30,000 (3%), batch 1024"
 timeout 240 python3 benches/bench_train.py --device cuda --case 200k_30000g --batch-size 1024 \
-  --libraries scvi_rs
+  --libraries scvi_rs --device-backed

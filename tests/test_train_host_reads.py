@@ -13,8 +13,10 @@ import contextlib
 
 import pytest
 import torch
+from scipy import sparse
 
 import scvi_rs
+from scvi_rs.dataloaders import DeviceBackedDataSplitter
 from scvi_rs.distributions import _negative_binomial as nb_module
 
 # `.numpy()` is left out: it raises on a CUDA tensor, so it can only touch host memory
@@ -45,11 +47,19 @@ def _count_host_reads():
             setattr(torch.Tensor, name, original)
 
 
-def _reads_per_train_call(batch_size: int, **train_kwargs) -> collections.Counter[str]:
+def _reads_per_train_call(
+    batch_size: int, device_backed: bool = False, **train_kwargs
+) -> collections.Counter[str]:
     scvi_rs.settings.seed = 0
     adata = scvi_rs.data.synthetic_iid(batch_size=512)
+    adata.X = sparse.csr_matrix(adata.X)
     scvi_rs.model.SCVI.setup_anndata(adata, batch_key="batch")
     model = scvi_rs.model.SCVI(adata, n_hidden=16, n_latent=4)
+    if device_backed:
+        train_kwargs["datamodule"] = DeviceBackedDataSplitter(
+            model.adata_manager, batch_size=batch_size, shuffle=True
+        )
+        train_kwargs["datamodule"].setup()  # the one-off upload is not part of a step
     with _count_host_reads() as counts:
         model.train(
             max_epochs=2,
@@ -63,8 +73,12 @@ def _reads_per_train_call(batch_size: int, **train_kwargs) -> collections.Counte
 
 @pytest.mark.parametrize(
     "train_kwargs",
-    [{}, {"gradient_clip_val": 1.0, "plan_kwargs": {"n_steps_kl_warmup": 50}}],
-    ids=["defaults", "clipping_and_step_warmup"],
+    [
+        {},
+        {"gradient_clip_val": 1.0, "plan_kwargs": {"n_steps_kl_warmup": 50}},
+        {"device_backed": True},
+    ],
+    ids=["defaults", "clipping_and_step_warmup", "device_backed"],
 )
 def test_host_reads_do_not_grow_with_steps(monkeypatch, train_kwargs):
     # The eager CPU-only sparse lgamma path indexes non-zero counts; accelerators and

@@ -9,6 +9,7 @@ from ._data_splitting import (
     validate_data_split,
     validate_data_split_with_external_indexing,
 )
+from ._device_backed import DeviceBackedDataSplitter
 from ._samplers import BatchDistributedSampler
 
 __all__ = [
@@ -16,6 +17,7 @@ __all__ = [
     "AnnTorchDataset",
     "BatchDistributedSampler",
     "DataSplitter",
+    "DeviceBackedDataSplitter",
     "validate_data_split",
     "validate_data_split_with_external_indexing",
 ]
