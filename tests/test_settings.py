@@ -124,3 +124,31 @@ def test_logger_does_not_propagate_and_compat_attributes():
     assert logging.getLogger("scvi_rs").propagate is False
     assert settings.jax_preallocate_gpu_memory is False
     assert "batch_size=" in repr(settings)
+
+
+def _thp_setting(code: str, **env: str) -> str:
+    import os
+    import subprocess
+    import sys
+
+    environ = {k: v for k, v in os.environ.items() if k != "THP_MEM_ALLOC_ENABLE"}
+    environ.update(env)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            code + "; import os; print(os.environ.get('THP_MEM_ALLOC_ENABLE'))",
+        ],
+        capture_output=True,
+        text=True,
+        env=environ,
+        check=True,
+    )
+    return out.stdout.strip().splitlines()[-1]
+
+
+def test_huge_pages_for_large_cpu_tensors_unless_the_user_decided():
+    assert _thp_setting("import scvi_rs") == "1"
+    assert _thp_setting("import scvi_rs", THP_MEM_ALLOC_ENABLE="0") == "0"
+    # torch reads it at its first large CPU allocation, so importing torch first is fine
+    assert _thp_setting("import torch, scvi_rs") == "1"
