@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from ._distributed import sum_over_processes
+
 
 class EpochAccumulator:
     """Weighted running sums of logged values, kept as device tensors.
@@ -75,7 +77,9 @@ class EpochAccumulator:
         sums = torch.stack([torch.as_tensor(self._sums[n], device=device) for n in names])
         weights = torch.stack([torch.as_tensor(self._weights[n], device=device) for n in names])
         sums, weights = sums.to(torch.float64), weights.to(torch.float64)
-        values = (sums / weights).cpu().tolist()
+        # one all-reduce for every metric when several processes train together
+        totals = sum_over_processes(torch.stack([sums, weights]))
+        values = (totals[0] / totals[1]).cpu().tolist()
         return dict(zip(names, values, strict=True))
 
     def reset(self) -> None:

@@ -14,6 +14,7 @@ from tqdm.auto import tqdm
 from .._settings import settings
 from ._callbacks import Callback, LearningRateMonitor, LoudEarlyStopping
 from ._device import parse_device_args
+from ._distributed import DistributedContext, init_distributed, is_ddp_strategy
 from ._logger import SimpleLogger
 
 if TYPE_CHECKING:
@@ -104,7 +105,9 @@ class Trainer:
         Accepted for compatibility.
     **kwargs
         ``gradient_clip_val``, ``gradient_clip_algorithm``, ``callbacks``, ``max_steps``,
-        ``limit_train_batches``, ``limit_val_batches``, ``strategy`` (single device only).
+        ``limit_train_batches``, ``limit_val_batches``, ``strategy`` (``"ddp"`` or
+        ``"ddp_find_unused_parameters_*"``: data-parallel training, one process per device,
+        launched by ``torchrun``).
     """
 
     def __init__(
@@ -140,12 +143,7 @@ class Trainer:
         self.limit_train_batches = kwargs.pop("limit_train_batches", None)
         self.limit_val_batches = kwargs.pop("limit_val_batches", None)
         callbacks = list(kwargs.pop("callbacks", None) or [])
-        strategy = kwargs.pop("strategy", "auto")
-        if isinstance(strategy, str) and "ddp" in strategy:
-            raise NotImplementedError(
-                f"strategy={strategy!r}: multi-process training is not supported by scvi-rs yet; "
-                "train on one device."
-            )
+        self.strategy = kwargs.pop("strategy", "auto")
         precision = kwargs.pop("precision", None)
         if precision not in (None, 32, "32", "32-true"):
             raise NotImplementedError(f"precision={precision!r} is not supported; use 32.")
@@ -164,14 +162,23 @@ class Trainer:
                 f"got {self.gradient_clip_algorithm!r}."
             )
 
-        self.accelerator, self.device_indices, self.device = parse_device_args(
-            accelerator or "auto", devices if devices is not None else "auto", "torch"
-        )
-        if len(self.device_indices) > 1:
-            raise NotImplementedError(
-                f"devices={devices!r} asks for {len(self.device_indices)} devices; scvi-rs trains "
-                "on a single device."
+        self.distributed: DistributedContext | None = None
+        if is_ddp_strategy(self.strategy):
+            self.accelerator, self.device_indices, _ = parse_device_args(
+                accelerator or "auto", "auto", "torch"
             )
+            self.distributed = init_distributed(self.accelerator)
+            self.device = self.distributed.device
+        else:
+            self.accelerator, self.device_indices, self.device = parse_device_args(
+                accelerator or "auto", devices if devices is not None else "auto", "torch"
+            )
+            if len(self.device_indices) > 1:
+                raise NotImplementedError(
+                    f"devices={devices!r} asks for {len(self.device_indices)} devices in one "
+                    "process; for several devices launch one process per device with "
+                    "torchrun and pass strategy='ddp'."
+                )
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = benchmark
 
@@ -184,7 +191,11 @@ class Trainer:
         self.max_epochs = int(max_epochs)
         self.default_root_dir = default_root_dir or str(settings.logging_dir)
         self.log_every_n_steps = max(int(log_every_n_steps), 1)
-        self.enable_progress_bar = bool(enable_progress_bar) and progress_bar_refresh_rate > 0
+        self.enable_progress_bar = (
+            bool(enable_progress_bar)
+            and progress_bar_refresh_rate > 0
+            and (self.distributed is None or self.distributed.is_main)
+        )
         self.logger = SimpleLogger(save_dir=log_save_dir) if logger in (None, True) else logger
         self.log_save_dir = log_save_dir
 
@@ -275,6 +286,9 @@ class Trainer:
         plan = training_plan
         plan.trainer = self
         plan.module.to(self.device)
+        single_process_forward = plan._forward
+        if self.distributed is not None:
+            plan._forward = self._data_parallel(plan)
         self._configure_optimizers(plan)
         self.should_stop = False
         self._call_hooks("on_train_start", plan)
@@ -292,6 +306,10 @@ class Trainer:
                 self.current_epoch = plan.current_epoch = epoch
                 bar.set_description(f"Epoch {epoch + 1}/{self.max_epochs}")
                 self._call_hooks("on_train_epoch_start", plan)
+                for loader in (train_dataloaders, val_dataloaders):
+                    set_epoch = getattr(getattr(loader, "sampler", None), "set_epoch", None)
+                    if callable(set_epoch):
+                        set_epoch(epoch)
                 self._train_epoch(plan, train_dataloaders)
                 ran_validation = False
                 if val_dataloaders is not None and (epoch + 1) % self.check_val_every_n_epoch == 0:
@@ -315,8 +333,20 @@ class Trainer:
             logger.warning("Received KeyboardInterrupt: training stopped early.")
         finally:
             bar.close()
+            plan._forward = single_process_forward
         self._restore_best_checkpoint(plan)
         self._call_hooks("on_train_end", plan)
+
+    def _data_parallel(self, plan: TrainingPlan) -> torch.nn.Module:
+        forward = plan._forward
+        module = forward if isinstance(forward, torch.nn.Module) else plan.module
+        device_ids = [self.device.index] if self.device.type == "cuda" else None
+        # Modules such as the VAE hold parameters a given setup never uses (the library
+        # encoder with observed library sizes), which plain DDP reports as an error.
+        find_unused = self.strategy != "ddp_find_unused_parameters_false"
+        return torch.nn.parallel.DistributedDataParallel(
+            module, device_ids=device_ids, find_unused_parameters=find_unused
+        )
 
     def _configure_optimizers(self, plan: TrainingPlan) -> None:
         config = plan.configure_optimizers()

@@ -9,6 +9,7 @@ from ..._settings import settings
 from ...dataloaders import DataSplitter
 from ...train import TrainingPlan, TrainRunner
 from ...train._config import merge_kwargs
+from ...train._distributed import is_ddp_strategy
 
 
 def get_max_epochs_heuristic(
@@ -114,7 +115,10 @@ class UnsupervisedTrainingMixin:
                     "passed in."
                 )
         if datamodule is None:
-            datasplitter_kwargs = datasplitter_kwargs or {}
+            datasplitter_kwargs = dict(datasplitter_kwargs or {})
+            if is_ddp_strategy(trainer_kwargs.get("strategy")):
+                # each process loads its own share of every epoch's minibatches
+                datasplitter_kwargs.setdefault("distributed_sampler", True)
             datamodule = self._data_splitter_cls(
                 self.adata_manager,
                 train_size=train_size,
