@@ -13,7 +13,7 @@ from scvi_rs import REGISTRY_KEYS
 from scvi_rs.data import AnnDataManager
 from scvi_rs.data.fields import CategoricalObsField, LayerField, NumericalObsField
 from scvi_rs.dataloaders import AnnDataLoader, DataSplitter, DeviceBackedDataSplitter
-from scvi_rs.dataloaders._device_backed import DeviceCSR
+from scvi_rs.dataloaders._device_backed import DeviceBackedLoader, DeviceCSR
 
 DEVICES = ["cpu", *(["cuda"] if torch.cuda.is_available() else [])]
 
@@ -128,3 +128,23 @@ def test_model_trains_on_a_device_backed_datamodule():
     assert len(model.history["elbo_validation"]) == 3
     assert np.isfinite(model.history["elbo_train"].to_numpy()).all()
     np.testing.assert_array_equal(model.train_indices, datamodule.train_idx)
+
+
+def test_replicas_share_each_epoch_without_overlap():
+    manager = make_manager(counts(n=301))
+    scvi_rs.settings.seed = 0
+    splitter = DeviceBackedDataSplitter(
+        manager, train_size=1.0, batch_size=32, shuffle=True, accelerator="cpu"
+    )
+    splitter.setup()
+    dense, csr, n_obs = splitter._sets["train"]
+    seen = []
+    for rank in (0, 1):
+        generator = torch.Generator()
+        generator.manual_seed(0)  # every process seeds alike
+        loader = DeviceBackedLoader(dense, csr, n_obs, 32, True, False, generator, 2, rank)
+        assert len(loader) == 5  # 150 cells each: the odd cell of 301 is dropped
+        seen.append(torch.cat([b[REGISTRY_KEYS.SIZE_FACTOR_KEY] for b in loader]).ravel())
+    assert len(seen[0]) == len(seen[1]) == 150
+    both = torch.cat(seen).numpy()
+    assert len(np.unique(both)) == 300  # size factors are distinct per cell: no overlap

@@ -18,7 +18,8 @@ SCRIPT = Path(__file__).with_name("ddp_train_script.py")
 
 
 @pytest.mark.skipif(not dist.is_available(), reason="torch.distributed is not available")
-def test_two_processes_keep_one_model_and_one_history(tmp_path):
+@pytest.mark.parametrize("mode", ["host_loader", "device_backed"])
+def test_two_processes_keep_one_model_and_one_history(tmp_path, mode):
     proc = subprocess.run(
         [
             sys.executable,
@@ -29,6 +30,7 @@ def test_two_processes_keep_one_model_and_one_history(tmp_path):
             "2",
             str(SCRIPT),
             str(tmp_path),
+            mode,
         ],
         capture_output=True,
         text=True,
@@ -42,7 +44,8 @@ def test_two_processes_keep_one_model_and_one_history(tmp_path):
     # each process ran its half of every epoch's minibatches (n_train = 540 of 600 cells)
     n_train = reports[0]["n_train"]
     assert n_train == 540
-    assert reports[0]["steps"] == reports[1]["steps"] == 2 * math.ceil(math.ceil(n_train / 2) / 64)
+    per_process = math.ceil(n_train / 2) if mode == "host_loader" else n_train // 2
+    assert reports[0]["steps"] == reports[1]["steps"] == 2 * math.ceil(per_process / 64)
     # metrics are summed over processes before logging: one history, finite
     assert reports[0]["elbo_train"] == reports[1]["elbo_train"]
     assert reports[0]["elbo_validation"] == reports[1]["elbo_validation"]

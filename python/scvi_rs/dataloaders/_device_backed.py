@@ -104,7 +104,11 @@ class DeviceBackedLoader:
     drop_last
         Drop the last minibatch when it is smaller than ``batch_size``.
     generator
-        Generator of the permutations.
+        Generator of the permutations (seeded alike in every process).
+    num_replicas, rank
+        Share of the cells this loader yields when several processes train together
+        (every ``num_replicas``-th cell of the epoch's order, from ``rank``); by default
+        taken from ``torch.distributed`` (one share when it is not running).
     """
 
     def __init__(
@@ -116,6 +120,8 @@ class DeviceBackedLoader:
         shuffle: bool,
         drop_last: bool,
         generator: torch.Generator,
+        num_replicas: int | None = None,
+        rank: int | None = None,
     ) -> None:
         self.dense = dense
         self.csr = csr
@@ -126,11 +132,18 @@ class DeviceBackedLoader:
         self.generator = generator
         tensors = [*dense.values(), *(m.indptr for m in csr.values())]
         self.device = tensors[0].device if tensors else torch.device("cpu")
+        if num_replicas is None or rank is None:
+            distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+            num_replicas = torch.distributed.get_world_size() if distributed else 1
+            rank = torch.distributed.get_rank() if distributed else 0
+        self.num_replicas, self.rank = int(num_replicas), int(rank)
+        # every replica gets the same number of cells (the order's tail is dropped)
+        self.n_local = n_obs // self.num_replicas if self.num_replicas > 1 else n_obs
 
     def __len__(self) -> int:
         if self.drop_last:
-            return self.n_obs // self.batch_size
-        return -(-self.n_obs // self.batch_size)
+            return self.n_local // self.batch_size
+        return -(-self.n_local // self.batch_size)
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         if self.shuffle:
@@ -138,6 +151,8 @@ class DeviceBackedLoader:
             order = order.to(self.device, non_blocking=True)
         else:
             order = torch.arange(self.n_obs, device=self.device)
+        if self.num_replicas > 1:
+            order = order[self.rank :: self.num_replicas][: self.n_local]
         for i in range(len(self)):
             rows = order[i * self.batch_size : (i + 1) * self.batch_size]
             batch = {key: value.index_select(0, rows) for key, value in self.dense.items()}
