@@ -41,7 +41,9 @@ class DeviceCSR:
         self, indptr: Any, indices: Any, data: Any, n_cols: int, device: torch.device
     ) -> None:
         self.indptr = torch.as_tensor(np.asarray(indptr, dtype=np.int64), device=device)
-        self.indices = torch.as_tensor(np.asarray(indices, dtype=np.int64), device=device)
+        # int32 column numbers (half the memory); widened per minibatch for scatter_add_
+        index_dtype = np.int32 if n_cols <= np.iinfo(np.int32).max else np.int64
+        self.indices = torch.as_tensor(np.asarray(indices, dtype=index_dtype), device=device)
         self.data = torch.as_tensor(np.asarray(data, dtype=np.float32), device=device)
         self.n_rows = int(self.indptr.numel()) - 1
         self.n_cols = int(n_cols)
@@ -83,7 +85,7 @@ class DeviceCSR:
         valid = self._offsets[None, :] < lengths[:, None]
         positions = torch.where(valid, starts[:, None] + self._offsets[None, :], 0)
         values = torch.where(valid, self.data[positions], 0.0)
-        return out.scatter_add_(1, self.indices[positions], values)
+        return out.scatter_add_(1, self.indices[positions].to(torch.int64), values)
 
 
 class DeviceBackedLoader:
