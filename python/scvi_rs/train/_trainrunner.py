@@ -13,6 +13,7 @@ import torch
 from .._settings import settings
 from ._config import merge_kwargs
 from ._device import parse_device_args
+from ._distributed import is_ddp_strategy
 from ._trainer import Trainer
 
 if TYPE_CHECKING:
@@ -62,13 +63,15 @@ class TrainRunner:
         self.training_plan = training_plan
         self.data_splitter = data_splitter
         self.model = model
+        trainer_kwargs = merge_kwargs(trainer_config, trainer_kwargs, name="trainer")
+        if is_ddp_strategy(trainer_kwargs.get("strategy")):
+            devices = "auto"  # one device per process, chosen by the process's LOCAL_RANK
         accelerator, lightning_devices, device = parse_device_args(
             accelerator, devices, return_device="torch"
         )
         self.accelerator = accelerator
         self.lightning_devices = lightning_devices
         self.device = device
-        trainer_kwargs = merge_kwargs(trainer_config, trainer_kwargs, name="trainer")
         if getattr(training_plan, "reduce_lr_on_plateau", False):
             trainer_kwargs["learning_rate_monitor"] = True
         self.ckpt_path = trainer_kwargs.pop("ckpt_path", None)
@@ -121,7 +124,7 @@ class TrainRunner:
         self.model.validation_indices = getattr(splitter, "val_idx", None)
         self.model.module.eval()
         self.model.is_trained_ = True
-        self.model.to_device(self.device)
+        self.model.to_device(self.trainer.device)
         self.model.trainer = self.trainer
 
     def _update_history(self) -> None:
