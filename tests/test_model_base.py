@@ -404,3 +404,23 @@ def test_training_on_cuda(model):
     model.train(max_epochs=1, accelerator="gpu", enable_progress_bar=False)
     assert model.device.type == "cuda"
     assert model.get_latent_representation().shape == (400, 5)
+
+
+@pytest.mark.parametrize(("cuda", "pinned"), [(False, False), (True, True)])
+def test_gpu_training_pins_minibatches_by_default(model, monkeypatch, cuda, pinned):
+    seen = {}
+
+    class Recorder(scvi_rs.dataloaders.DataSplitter):
+        def __init__(self, *args, **kwargs):
+            seen.update(kwargs)
+            raise RuntimeError("recorded")
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    monkeypatch.setattr(type(model), "_data_splitter_cls", Recorder)
+    with pytest.raises(RuntimeError, match="recorded"):
+        model.train(max_epochs=1)
+    assert seen.get("pin_memory", False) is pinned
+    # an explicit choice is kept
+    with pytest.raises(RuntimeError, match="recorded"):
+        model.train(max_epochs=1, datasplitter_kwargs={"pin_memory": False})
+    assert seen["pin_memory"] is False

@@ -5,6 +5,8 @@ from __future__ import annotations
 import warnings
 from typing import Any
 
+import torch
+
 from ..._settings import settings
 from ...dataloaders import DataSplitter
 from ...train import TrainingPlan, TrainRunner
@@ -41,6 +43,13 @@ def get_max_epochs_heuristic(
             stacklevel=settings.warnings_stacklevel,
         )
     return max_epochs
+
+
+def _trains_on_cuda(accelerator: str) -> bool:
+    """Whether ``accelerator`` resolves to a CUDA device here."""
+    if not isinstance(accelerator, str) or accelerator.lower() not in ("auto", "gpu", "cuda"):
+        return False
+    return torch.cuda.is_available()
 
 
 class UnsupervisedTrainingMixin:
@@ -119,6 +128,9 @@ class UnsupervisedTrainingMixin:
             if is_ddp_strategy(trainer_kwargs.get("strategy")):
                 # each process loads its own share of every epoch's minibatches
                 datasplitter_kwargs.setdefault("distributed_sampler", True)
+            if _trains_on_cuda(accelerator):
+                # page-locked minibatches: the host-to-device copies run asynchronously
+                datasplitter_kwargs.setdefault("pin_memory", True)
             datamodule = self._data_splitter_cls(
                 self.adata_manager,
                 train_size=train_size,
