@@ -416,15 +416,18 @@ mod tests {
         assert!(build_mapping(&[Key::Int(1), Key::Missing]).is_err());
     }
 
+    /// Strings whose pandas order (code point) differs from their order of appearance.
+    const UNSORTED_STRS: [Key<'static>; 5] = [
+        Key::Str("b"),
+        Key::Str("B"),
+        Key::Str("é"),
+        Key::Str("a"),
+        Key::Str("b"),
+    ];
+
     #[test]
     fn mapping_order_is_pandas_order() {
-        let values = [
-            Key::Str("b"),
-            Key::Str("B"),
-            Key::Str("é"),
-            Key::Str("a"),
-            Key::Str("b"),
-        ];
+        let values = UNSORTED_STRS;
         assert_eq!(build_mapping(&values).unwrap(), [1, 3, 0, 2]);
         let values = [Key::Int(10), Key::Int(-2), Key::from_f64(2.5), Key::Int(10)];
         assert_eq!(build_mapping(&values).unwrap(), [1, 2, 0]);
@@ -459,13 +462,7 @@ mod tests {
 
     #[test]
     fn factorize_gives_pandas_order_and_codes() {
-        let values = [
-            Key::Str("b"),
-            Key::Str("B"),
-            Key::Str("é"),
-            Key::Str("a"),
-            Key::Str("b"),
-        ];
+        let values = UNSORTED_STRS;
         assert_eq!(
             check_factorize(&values),
             (vec![1, 3, 0, 2], vec![2, 0, 3, 1, 2])

@@ -105,16 +105,16 @@ def test_unknown_values_are_named():
         _core.encode_categorical(np.array([1]), np.array(["1"], dtype=object))
 
 
-@pytest.mark.parametrize(
-    "values",
-    [
-        np.array(["a", None], dtype=object),
-        np.array(["a", np.nan], dtype=object),
-        np.array([1.0, np.nan]),
-        np.array(["a", pd.NA], dtype=object),
-    ],
-    ids=["None", "nan-object", "nan-float", "pd.NA"],
-)
+_MISSING = [
+    np.array(["a", None], dtype=object),
+    np.array(["a", np.nan], dtype=object),
+    np.array([1.0, np.nan]),
+    np.array(["a", pd.NA], dtype=object),
+]
+_MISSING_IDS = ["None", "nan-object", "nan-float", "pd.NA"]
+
+
+@pytest.mark.parametrize("values", _MISSING, ids=_MISSING_IDS)
 def test_missing_values_never_map(values):
     with pytest.raises(ValueError, match=r"missing value .* at position 1"):
         _core.encode_categorical(values, np.array(["a", 1.0], dtype=object))
@@ -229,14 +229,9 @@ def test_factorize_floats_match_pandas(values):
 
 @pytest.mark.parametrize(
     "values",
-    [
-        np.array(["a", None], dtype=object),
-        np.array(["a", np.nan], dtype=object),
-        np.array([1.0, np.nan]),
-        np.array(["a", pd.NA], dtype=object),
-        np.array(["a", None, 1], dtype=object),  # missing is reported before mixed types
-    ],
-    ids=["None", "nan-object", "nan-float", "pd.NA", "None-then-mixed"],
+    # a missing value is reported before mixed types
+    [*_MISSING, np.array(["a", None, 1], dtype=object)],
+    ids=[*_MISSING_IDS, "None-then-mixed"],
 )
 def test_factorize_missing_values(values):
     with pytest.raises(ValueError, match=r"missing value .* at position 1"):

@@ -320,6 +320,12 @@ class VAEMixin:
         means, variances = self.get_latent_representation(
             adata=adata, indices=indices, batch_size=batch_size, return_dist=True
         )
+        return self._latent_mixture(means, variances, dof)
+
+    def _latent_mixture(
+        self, means: np.ndarray, variances: np.ndarray, dof: float | None
+    ) -> torch.distributions.Distribution:
+        """Equal-weight mixture, per latent dimension, of the given cells' posteriors."""
         loc = torch.as_tensor(means, device=self.device).T
         scale = torch.as_tensor(variances, device=self.device).T.sqrt()
         if dof is None:
@@ -369,6 +375,10 @@ class VAEMixin:
             self.get_latent_representation(adata=adata, batch_size=batch_size),
             device=self.device,
         )
+        # every sample's mixture is built from slices of one pass over the cells
+        means, variances = self.get_latent_representation(
+            adata=adata, batch_size=batch_size, return_dist=True
+        )
         samples = adata.obs[sample_key]
         unique_samples = samples.unique()
         rng = np.random.default_rng(settings.seed)
@@ -377,9 +387,7 @@ class VAEMixin:
             cells = np.flatnonzero((samples == sample).to_numpy())
             if num_cells_posterior is not None and num_cells_posterior < cells.size:
                 cells = rng.choice(cells, num_cells_posterior, replace=False)
-            posterior = self.get_aggregated_posterior(
-                adata=adata, indices=cells, batch_size=batch_size, dof=dof
-            )
+            posterior = self._latent_mixture(means[cells], variances[cells], dof)
             parts = [posterior.log_prob(chunk).sum(-1) for chunk in torch.split(z, batch_size)]
             columns.append(torch.cat(parts).cpu().numpy())
         log_probs = pd.DataFrame(
