@@ -23,7 +23,7 @@ from ...dataloaders import AnnDataLoader
 from ...train._device import parse_device_args
 from ...utils import attrdict
 from ._constants import SAVE_KEYS
-from ._files import safe_torch_load, write_files_atomically
+from ._files import safe_pickle_load, safe_torch_load, write_files_atomically
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -838,6 +838,57 @@ class BaseModelClass(metaclass=BaseModelMetaClass):
             model._validate_anndata(adata)
         return model
 
+    @classmethod
+    def convert_legacy_save(
+        cls,
+        dir_path: str,
+        output_dir_path: str,
+        overwrite: bool = False,
+        prefix: str | None = None,
+        **save_kwargs: Any,
+    ) -> None:
+        """Convert a model saved by scvi-tools < 0.15 to today's file format.
+
+        The legacy directory holds ``model_params.pt`` (the module's state dict),
+        ``var_names.csv`` and ``attr.pkl`` (the model's attributes, with the old setup
+        dictionary); the converted one holds ``model.pt``.
+
+        Parameters
+        ----------
+        dir_path
+            Directory of the legacy files.
+        output_dir_path
+            Directory to write ``{prefix}model.pt`` to; it may be ``dir_path``.
+        overwrite
+            Write into ``output_dir_path`` even if it exists.
+        prefix
+            Prefix of the file names (in both directories).
+        **save_kwargs
+            Passed to :func:`torch.save`.
+        """
+        if os.path.exists(output_dir_path) and not overwrite:
+            raise ValueError(
+                f"{output_dir_path} already exists. Please provide an unexisting directory for "
+                "saving."
+            )
+        prefix = prefix or ""
+        state_dict, var_names, attr_dict = _load_legacy_files(dir_path, prefix)
+        if "scvi_setup_dict_" in attr_dict:
+            from ...data._compat import registry_from_setup_dict
+
+            setup_dict = attr_dict.pop("scvi_setup_dict_")
+            attr_dict["registry_"] = registry_from_setup_dict(
+                cls, setup_dict, unlabeled_category=attr_dict.get("unlabeled_category_")
+            )
+        os.makedirs(output_dir_path, exist_ok=True)
+        content = {
+            SAVE_KEYS.MODEL_STATE_DICT_KEY: state_dict,
+            SAVE_KEYS.VAR_NAMES_KEY: var_names,
+            SAVE_KEYS.ATTR_DICT_KEY: attr_dict,
+        }
+        path = os.path.join(output_dir_path, f"{prefix}{SAVE_KEYS.MODEL_FNAME}")
+        write_files_atomically({path: lambda tmp: torch.save(content, tmp, **save_kwargs)})
+
     @staticmethod
     def load_registry(dir_path: str, prefix: str | None = None) -> dict:
         """Return the registry saved in ``dir_path``.
@@ -938,12 +989,35 @@ def _load_saved_files(
     return attr_dict, var_names, state_dict, adata
 
 
+def _load_legacy_files(dir_path: str, prefix: str) -> tuple[dict, np.ndarray, dict]:
+    """(state dict, var names, attributes) of a model saved by scvi-tools < 0.15."""
+    paths = {
+        name: os.path.join(dir_path, f"{prefix}{name}")
+        for name in (
+            SAVE_KEYS.LEGACY_MODEL_FNAME,
+            SAVE_KEYS.LEGACY_VAR_NAMES_FNAME,
+            SAVE_KEYS.LEGACY_SETUP_DICT_FNAME,
+        )
+    }
+    for path in paths.values():
+        if not os.path.isfile(path):
+            raise ValueError(f"{path} is missing: {dir_path} holds no legacy (< 0.15) model.")
+    state_dict = safe_torch_load(paths[SAVE_KEYS.LEGACY_MODEL_FNAME], map_location="cpu")
+    with open(paths[SAVE_KEYS.LEGACY_VAR_NAMES_FNAME], encoding="utf-8") as fh:
+        var_names = np.array([line.rstrip("\r\n") for line in fh if line.strip()], dtype=str)
+    attr_dict = safe_pickle_load(paths[SAVE_KEYS.LEGACY_SETUP_DICT_FNAME])
+    if not isinstance(state_dict, dict) or not isinstance(attr_dict, dict):
+        raise ValueError(f"{dir_path} does not hold a legacy model's state dict and attributes.")
+    return dict(state_dict), var_names, dict(attr_dict)
+
+
 def _validate_var_names(adata: AnnData, source_var_names: np.ndarray) -> None:
     user_var_names = adata.var_names.astype(str).to_numpy()
     source = np.asarray(source_var_names).astype(str)
     if user_var_names.shape != source.shape or not np.array_equal(user_var_names, source):
-        extra = [g for g in user_var_names if g not in set(source)][:5]
-        missing = [g for g in source if g not in set(user_var_names)][:5]
+        source_set, user_set = set(source), set(user_var_names)
+        extra = [g for g in user_var_names[:100_000] if g not in source_set][:5]
+        missing = [g for g in source[:100_000] if g not in user_set][:5]
         raise ValueError(
             "The AnnData's var_names do not match the var_names the model was saved with "
             f"({len(user_var_names)} genes given, {len(source)} saved; not saved: {extra}; "

@@ -159,6 +159,38 @@ def safe_torch_load(path: str | os.PathLike, map_location: Any = None) -> Any:
         raise ValueError(f"The model file {path} is corrupt or truncated: {err}") from err
 
 
+def safe_pickle_load(path: str | os.PathLike) -> Any:
+    """Unpickle a plain pickle file (``attr.pkl`` of scvi-tools < 0.15) with the allow-list.
+
+    Parameters
+    ----------
+    path
+        The file to load.
+
+    Returns
+    -------
+    Any
+        The unpickled object.
+
+    Raises
+    ------
+    ValueError
+        If the file is corrupt or asks to build an object outside the allow-list.
+    """
+    with open(path, "rb") as fh:
+        try:
+            return _AllowListUnpickler(fh).load()
+        except pickle.UnpicklingError as err:
+            if "is not allowed" in str(err):
+                raise ValueError(
+                    f"Refusing to load {path}: it contains objects that scvi-rs does not "
+                    f"unpickle ({err})."
+                ) from None
+            raise ValueError(f"The file {path} is corrupt or truncated: {err}") from err
+        except (EOFError, ValueError, TypeError, AttributeError, IndexError) as err:
+            raise ValueError(f"The file {path} is corrupt or truncated: {err}") from err
+
+
 def write_files_atomically(writers: dict[str, Callable[[str], None]]) -> None:
     """Write several files so that either all of them are replaced or none is.
 
