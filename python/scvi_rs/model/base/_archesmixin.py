@@ -120,7 +120,9 @@ class ArchesMixin:
         _, _, torch_device = parse_device_args(
             accelerator, device, return_device="torch", validate_single_device=True
         )
-        attr_dict, var_names, state_dict = _get_loaded_data(reference_model, device=torch_device)
+        attr_dict, var_names, state_dict, _ = _get_loaded_data(
+            reference_model, device=torch_device, adata=adata
+        )
         reference_registry = attr_dict.pop("registry_")
 
         if not transfer_batch:
@@ -203,7 +205,7 @@ class ArchesMixin:
         -------
         AnnData, pandas.Index or None
         """
-        _, var_names, _ = _get_loaded_data(reference_model, device="cpu", load_weights=False)
+        _, var_names, _, _ = _get_loaded_data(reference_model, device="cpu", load_weights=False)
         reference = pd.Index(np.asarray(var_names).astype(str))
         if return_reference_var_names:
             return reference
@@ -211,14 +213,36 @@ class ArchesMixin:
 
 
 def _get_loaded_data(
-    reference_model: Any, device: Any = None, load_weights: bool = True
-) -> tuple[dict, np.ndarray, dict | None]:
-    """``(attr_dict, var_names, state_dict)`` of a saved directory or a model instance."""
+    reference_model: Any,
+    device: Any = None,
+    adata: AnnData | None = None,
+    load_weights: bool = True,
+) -> tuple[dict, np.ndarray, dict | None, dict | None]:
+    """The saved parts of a reference model: a saved directory or a model instance.
+
+    Parameters
+    ----------
+    reference_model
+        A model instance or the directory it was saved to.
+    device
+        Where the loaded tensors are mapped (directories only).
+    adata
+        The query data; accepted for the reference's signature, not needed to load.
+    load_weights
+        Copy a model instance's weights (``False`` leaves the state dict as None).
+
+    Returns
+    -------
+    tuple
+        ``(attr_dict, var_names, state_dict, pyro_param_store)``; the last is None, as
+        scvi-rs has no Pyro modules whose parameters live outside the state dict.
+    """
+    del adata
     if isinstance(reference_model, str | os.PathLike):
         attr_dict, var_names, state_dict, _ = _load_saved_files(
             os.fspath(reference_model), load_adata=False, map_location=device
         )
-        return attr_dict, var_names, state_dict
+        return attr_dict, var_names, state_dict, None
     if not hasattr(reference_model, "module") or not hasattr(reference_model, "get_var_names"):
         raise TypeError(
             "`reference_model` must be a model instance or the path of a saved model, got "
@@ -235,7 +259,7 @@ def _get_loaded_data(
         state_dict = {
             k: v.detach().clone() for k, v in reference_model.module.state_dict().items()
         }
-    return attr_dict, var_names, state_dict
+    return attr_dict, var_names, state_dict, None
 
 
 def _check_query_batches(
