@@ -15,6 +15,7 @@ from .._settings import settings
 from . import _constants
 
 if TYPE_CHECKING:
+    import torch
     from anndata import AnnData
 
 logger = logging.getLogger("scvi_rs")
@@ -22,6 +23,50 @@ logger = logging.getLogger("scvi_rs")
 
 def _is_mudata(obj: Any) -> bool:
     return hasattr(obj, "mod") and type(obj).__name__ == "MuData"
+
+
+def registry_key_to_default_dtype(key: str) -> type:
+    """``np.int64`` for batch, labels, categorical covariates and indices; else ``np.float32``."""
+    from ._anntorchdataset import registry_key_to_default_dtype as default_dtype
+
+    return default_dtype(key)
+
+
+def scipy_to_torch_sparse(x: sp.csr_matrix | sp.csc_matrix) -> torch.Tensor:
+    """Convert a SciPy CSR or CSC matrix to a torch sparse tensor of the same layout.
+
+    Parameters
+    ----------
+    x
+        A :class:`~scipy.sparse.csr_matrix` (becomes a ``torch.sparse_csr`` tensor) or a
+        :class:`~scipy.sparse.csc_matrix` (becomes a ``torch.sparse_csc`` tensor); sparse
+        arrays (``csr_array``, ``csc_array``) are accepted too.
+
+    Returns
+    -------
+    torch.Tensor
+        A sparse tensor with ``x``'s shape, values and dtype.
+
+    Raises
+    ------
+    TypeError
+        If ``x`` is not a CSR or CSC matrix (dense arrays included).
+    """
+    import torch
+
+    layout = getattr(x, "format", None) if sp.issparse(x) else None
+    if layout not in ("csr", "csc"):
+        raise TypeError(
+            "`x` must be of type `scipy.sparse.csr_matrix` or `scipy.sparse.csc_matrix`, "
+            f"got {type(x).__name__}."
+        )
+    make = torch.sparse_csr_tensor if layout == "csr" else torch.sparse_csc_tensor
+    return make(
+        torch.as_tensor(x.indptr),
+        torch.as_tensor(x.indices),
+        torch.as_tensor(x.data),
+        size=x.shape,
+    )
 
 
 def get_anndata_attribute(
@@ -71,33 +116,39 @@ def _sample_rows(n: int, n_to_check: int) -> np.ndarray:
     return np.random.choice(n, size=(n_to_check,))  # noqa: NPY002
 
 
+def _is_backed_matrix(data: Any) -> bool:
+    """Whether ``data`` is an on-disk matrix: an h5py dataset or anndata's backed sparse one."""
+    if type(data).__module__.startswith("h5py"):
+        return True
+    try:
+        from anndata.abc import CSCDataset, CSRDataset
+    except ImportError:  # pragma: no cover - anndata < 0.10.8
+        from anndata.experimental import CSCDataset, CSRDataset
+    return isinstance(data, (CSRDataset, CSCDataset))
+
+
 def _check_nonnegative_integers(data: Any, n_to_check: int = 20) -> bool:
-    """Sample ``data`` and tell whether the sampled values are non-negative integers."""
+    """Sample ``data`` and tell whether the sampled values are non-negative integers.
+
+    On-disk (backed) and dask matrices are checked on their first 100 rows only, which are
+    the only ones read; in-memory data are sampled as they are.
+    """
+    if _is_backed_matrix(data):
+        data = data[:100]
+    elif type(data).__module__.startswith("dask"):
+        data = data[:100, :100].compute()
     if isinstance(data, pd.DataFrame):
         data = data.to_numpy()
-    module = type(data).__module__
-    if module.startswith("h5py") or type(data).__name__ in (
-        "CSRDataset",
-        "CSCDataset",
-        "BaseCompressedSparseDataset",
-    ):
-        check = data[:100]
-        if sp.issparse(check):
-            check = check.data
-        check = np.asarray(check)
-    elif module.startswith("dask"):
-        check = np.asarray(data[:100, :100].compute())
-    elif sp.issparse(data):
-        values = data.data
-        if values.shape[0] == 0:
-            return True
-        check = values[_sample_rows(values.shape[0], n_to_check)]
-    elif isinstance(data, np.ndarray):
-        if data.shape[0] == 0:
-            return True
-        check = data[_sample_rows(data.shape[0], n_to_check)]
-    else:
-        raise TypeError("data type not understood")
+    if sp.issparse(data):
+        data = data.data
+    elif not isinstance(data, np.ndarray):
+        raise TypeError(
+            "data type not understood: expected a numpy array, a scipy sparse matrix, a "
+            f"DataFrame, a backed (h5py) matrix or a dask array, got {type(data).__name__}"
+        )
+    if data.shape[0] == 0:
+        return True
+    check = data[_sample_rows(data.shape[0], n_to_check)]
     if check.size == 0:
         return True
     if check.dtype.kind in "biu":
