@@ -175,6 +175,10 @@ fn fill_csr_chunk<J: Idx, V: Value>(
     n_vars: usize,
     out: &mut [f32],
 ) -> Result<()> {
+    // Negative indices wrap to at least `NEGATIVE_WRAPS_TO`, so one comparison with this
+    // limit refuses them and the columns >= n_vars alike.
+    let limit = n_vars.min(J::NEGATIVE_WRAPS_TO);
+    let mut wide = WideRow::default();
     for (i, (span, dst)) in spans.iter().zip(out.chunks_exact_mut(n_vars)).enumerate() {
         if let Some(ahead) = spans.get(i + PREFETCH_ROWS_AHEAD) {
             prefetch(indices, ahead.start, ahead.end);
@@ -183,27 +187,99 @@ fn fill_csr_chunk<J: Idx, V: Value>(
         dst.fill(0.0);
         let cols = &indices[span.start..span.end];
         let vals = &data[span.start..span.end];
-        // One vectorisable max per row instead of a branch per entry. Negative indices wrap
-        // to at least `NEGATIVE_WRAPS_TO`, so they fail the same test.
-        let max = cols
-            .iter()
-            .map(|c| c.to_usize_wrapping())
-            .max()
-            .unwrap_or(0);
-        if !cols.is_empty() && max >= n_vars.min(J::NEGATIVE_WRAPS_TO) {
-            let c = *cols
-                .iter()
-                .find(|c| c.to_usize() >= n_vars)
-                .expect("max is out of range");
+        // Duplicate columns (non-canonical CSR) must sum in the input's precision, as
+        // scipy's `toarray()` does before any cast; a row without them needs no care.
+        let bad = if V::SUMS_EXACTLY_IN_F32 || strictly_increasing(cols) {
+            scatter_add(dst, cols, vals, limit)
+        } else {
+            wide.scatter_add(dst, cols, vals, limit)
+        };
+        if let Some(col) = bad {
             return Err(CoreError::ColumnOutOfRange {
-                col: c.to_i128(),
+                col: col.to_i128(),
                 n_vars,
                 row: span.row,
             });
         }
-        scatter_add(dst, cols, vals);
     }
     Ok(())
+}
+
+fn strictly_increasing<J: Idx>(cols: &[J]) -> bool {
+    cols.windows(2)
+        .all(|w| w[0].to_usize_wrapping() < w[1].to_usize_wrapping())
+}
+
+/// `dst[c] += v` for each pair, or the first column that is not below `limit`.
+///
+/// Each column is read once and checked in the same read it is used with: the arrays are
+/// borrowed from Python with the GIL released, so another thread may rewrite them meanwhile
+/// (that yields a wrong row or an error, never a write out of bounds).
+#[inline]
+fn scatter_add<J: Idx, V: Value>(
+    dst: &mut [f32],
+    cols: &[J],
+    vals: &[V],
+    limit: usize,
+) -> Option<J> {
+    for (&c, &v) in cols.iter().zip(vals) {
+        let col = c.to_usize_wrapping();
+        match dst.get_mut(col) {
+            Some(slot) if col < limit => *slot += v.to_f32(),
+            _ => return Some(c),
+        }
+    }
+    None
+}
+
+/// A row accumulated in `f64` (for rows with duplicate columns), kept between rows.
+#[derive(Default)]
+struct WideRow {
+    sums: Vec<f64>,
+    touched: Vec<usize>,
+}
+
+impl WideRow {
+    /// Like [`scatter_add`], summing duplicates in `f64` before the one cast to `f32`.
+    fn scatter_add<J: Idx, V: Value>(
+        &mut self,
+        dst: &mut [f32],
+        cols: &[J],
+        vals: &[V],
+        limit: usize,
+    ) -> Option<J> {
+        if self.sums.len() < dst.len() {
+            self.sums.resize(dst.len(), 0.0);
+        }
+        self.touched.clear();
+        let mut bad = None;
+        for (&c, &v) in cols.iter().zip(vals) {
+            let col = c.to_usize_wrapping();
+            match self.sums.get_mut(col) {
+                Some(sum) if col < limit => {
+                    *sum += v.to_f64();
+                    self.touched.push(col);
+                }
+                _ => {
+                    bad = Some(c);
+                    break;
+                }
+            }
+        }
+        // `touched` holds only checked columns (never re-read from `cols`). `dst` was zeroed,
+        // so a slot is 0 until its column's first visit writes the sum and resets it; a later
+        // visit of the same column then finds a reset sum and a written slot, and skips.
+        for &col in &self.touched {
+            if let (Some(slot), Some(sum)) = (dst.get_mut(col), self.sums.get_mut(col)) {
+                #[allow(clippy::cast_possible_truncation)]
+                if *sum != 0.0 || *slot == 0.0 {
+                    *slot = *sum as f32;
+                }
+                *sum = 0.0;
+            }
+        }
+        bad
+    }
 }
 
 /// Rows to look ahead: requested rows are scattered over a matrix far larger than the
@@ -231,20 +307,6 @@ fn prefetch<T>(xs: &[T], start: usize, end: usize) {
     }
     #[cfg(not(target_arch = "x86_64"))]
     let _ = (xs, start, end);
-}
-
-/// `dst[c] += v` for each pair; every `c` is known to be `< dst.len()`.
-#[inline]
-#[allow(unsafe_code)]
-fn scatter_add<J: Idx, V: Value>(dst: &mut [f32], cols: &[J], vals: &[V]) {
-    debug_assert!(cols.iter().all(|c| c.to_usize() < dst.len()));
-    for (&c, &v) in cols.iter().zip(vals) {
-        // SAFETY: the caller checked that every wrapped index is below
-        // min(dst.len(), NEGATIVE_WRAPS_TO) (see `fill_csr_chunk`): no index is negative and
-        // each is in bounds.
-        // `+=`, not `=`: duplicate entries sum, exactly like scipy's `toarray()`.
-        unsafe { *dst.get_unchecked_mut(c.to_usize_wrapping()) += v.to_f32() };
-    }
 }
 
 /// Densify the rows described by `spans` (from [`csr_row_spans`]) into `out`, a row-major
@@ -579,6 +641,45 @@ mod tests {
         )
         .unwrap();
         assert_eq!(out, [0., 3., 0., 1., 0., 2., 0., 3., 0., 0., 0., 0.]);
+    }
+
+    #[test]
+    fn float64_duplicates_sum_before_the_cast() {
+        // 1 + 0.6 ulp and -1: cast first, the parts give 1 ulp; summed first, 0.6 ulp.
+        let ulp = f64::from(f32::EPSILON);
+        let (indptr, indices) = (vec![0i64, 3], vec![1i32, 0, 1]);
+        let data = vec![1.0 + 0.6 * ulp, 5.0, -1.0];
+        let mut out = vec![0f32; 2];
+        gather_csr_rows(&indptr, &indices, &data, &[0i64], 2, &mut out, None).unwrap();
+        #[allow(clippy::cast_possible_truncation)]
+        let expected = (0.6 * ulp) as f32;
+        assert_eq!(out, [5.0, expected]);
+        assert_ne!(expected, f32::EPSILON);
+        // a repeated column whose sum is 0 still gives 0
+        let data = vec![1.5f64, 5.0, -1.5];
+        gather_csr_rows(&indptr, &indices, &data, &[0i64], 2, &mut out, None).unwrap();
+        assert_eq!(out, [5.0, 0.0]);
+    }
+
+    #[test]
+    fn negative_and_large_columns_are_refused_in_both_paths() {
+        let indptr = vec![0i64, 2];
+        for data in [vec![1.0f64, 2.0], vec![2.0f64, 1.0]] {
+            for cols in [vec![0i32, -1], vec![3i32, 0], vec![1i32, i32::MIN]] {
+                let mut out = vec![0f32; 2];
+                let err = gather_csr_rows(&indptr, &cols, &data, &[0i64], 2, &mut out, None);
+                assert!(
+                    matches!(err, Err(CoreError::ColumnOutOfRange { .. })),
+                    "{cols:?}"
+                );
+                let f32s: Vec<f32> = data.iter().map(|&v| v as f32).collect();
+                let err = gather_csr_rows(&indptr, &cols, &f32s, &[0i64], 2, &mut out, None);
+                assert!(
+                    matches!(err, Err(CoreError::ColumnOutOfRange { .. })),
+                    "{cols:?}"
+                );
+            }
+        }
     }
 
     #[test]

@@ -48,27 +48,46 @@ impl_idx!(i8 => u8, i16 => u16, i32 => u32, i64 => u64, u8 => u8, u16 => u16, u3
 /// A stored matrix value that converts to `f32` the way NumPy's `astype(np.float32)` does
 /// (round to nearest).
 pub trait Value: Copy + Send + Sync + 'static {
+    /// Whether sums of a few values are the same whether taken in `f32` or in the type
+    /// itself (then duplicate entries may be summed after the cast to `f32`).
+    const SUMS_EXACTLY_IN_F32: bool;
     /// The value as `f32`.
     fn to_f32(self) -> f32;
+    /// The value as `f64` (exact for every type but 64-bit integers beyond 2^53).
+    fn to_f64(self) -> f64;
 }
 
 macro_rules! impl_value {
-    ($($t:ty),*) => {$(
+    ($($t:ty => $exact:expr),*) => {$(
         impl Value for $t {
+            const SUMS_EXACTLY_IN_F32: bool = $exact;
             #[inline(always)]
             #[allow(clippy::cast_lossless, clippy::cast_precision_loss)]
             fn to_f32(self) -> f32 {
                 self as f32
             }
+            #[inline(always)]
+            #[allow(clippy::cast_lossless, clippy::cast_precision_loss)]
+            fn to_f64(self) -> f64 {
+                self as f64
+            }
         }
     )*};
 }
-impl_value!(f32, f64, i8, i16, i32, i64, u8, u16, u32, u64);
+impl_value!(
+    f32 => true, f64 => false, i8 => true, i16 => true, i32 => false, i64 => false,
+    u8 => true, u16 => true, u32 => false, u64 => false
+);
 
 impl Value for bool {
+    const SUMS_EXACTLY_IN_F32: bool = true;
     #[inline(always)]
     fn to_f32(self) -> f32 {
         f32::from(u8::from(self))
+    }
+    #[inline(always)]
+    fn to_f64(self) -> f64 {
+        f64::from(u8::from(self))
     }
 }
 

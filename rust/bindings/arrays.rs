@@ -85,6 +85,35 @@ pub fn borrow_out<'py>(
         })
 }
 
+/// `[start, start + len * itemsize)`, empty for an empty array.
+pub fn contiguous_bytes(start: usize, len: usize, itemsize: usize) -> std::ops::Range<usize> {
+    start..start.saturating_add(len.saturating_mul(itemsize))
+}
+
+/// `ValueError` if the bytes of `out` overlap those of any input.
+///
+/// NumPy's borrow tracking (and rust-numpy's) relates arrays through their base objects,
+/// which views built with `as_strided` or `frombuffer` do not share; the addresses are what
+/// decides whether writing `out` changes an input.
+pub fn check_out_disjoint(
+    out: &std::ops::Range<usize>,
+    inputs: &[(&str, std::ops::Range<usize>)],
+) -> PyResult<()> {
+    for (name, range) in inputs {
+        if !out.is_empty() && !range.is_empty() && out.start < range.end && range.start < out.end {
+            return Err(PyValueError::new_err(format!(
+                "out shares memory with {name}; pass a separate output buffer"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// The bytes of a borrowed `out` buffer.
+pub fn out_byte_range(out: &PyReadwriteArrayDyn<'_, f32>) -> std::ops::Range<usize> {
+    contiguous_bytes(out.data() as usize, out.len(), size_of::<f32>())
+}
+
 macro_rules! typed_arrays {
     ($(#[$meta:meta])* $arr:ident, $slice:ident, $names:literal, [$($var:ident => $t:ty),+ $(,)?]) => {
         $(#[$meta])*
@@ -117,6 +146,13 @@ macro_rules! typed_arrays {
                 let this = Self::borrow_any(obj, name)?;
                 check_layout(ndarray(obj, name)?, name, ndim)?;
                 Ok(this)
+            }
+
+            /// The bytes the elements occupy, by address (the array is C-contiguous).
+            pub fn byte_range(&self) -> std::ops::Range<usize> {
+                match self {
+                    $(Self::$var(a) => contiguous_bytes(a.data() as usize, a.len(), size_of::<$t>())),+
+                }
             }
 
             /// The contiguous contents.

@@ -10,6 +10,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyFloat, PyInt, PyString};
 
 use super::arrays::{dtype_str, IntArray};
+use super::errors::guarded;
 use crate::categorical::{self, Key, PtrCache};
 
 /// What kinds of values a column holds, to pick the dtype of its categories.
@@ -133,13 +134,19 @@ fn object_key<'a>(
     )))
 }
 
+/// The keys of `src`, and strong references to every `str` object a key borrows from.
+///
+/// The hashing runs with the GIL released, when another thread may replace the array's
+/// elements and so free the strings; holding a reference to each keeps its UTF-8 buffer
+/// alive (Python strings are immutable) until the caller drops `KeptAlive` while attached.
 fn keys<'a, 'py: 'a>(
     py: Python<'py>,
     src: &'a Source<'py>,
     name: &str,
     kinds: &mut Kinds,
-) -> PyResult<Vec<Key<'a>>> {
-    match src {
+) -> PyResult<(Vec<Key<'a>>, KeptAlive)> {
+    let mut kept = Vec::new();
+    let keys = match src {
         Source::Object(a) => {
             // Columns repeat a few str objects: remember each object's key by address.
             let mut cache: PtrCache<Key<'a>> = PtrCache::new(Key::Missing);
@@ -153,29 +160,34 @@ fn keys<'a, 'py: 'a>(
                     }
                     let key = object_key(o.bind(py), pos, name, kinds)?;
                     if matches!(key, Key::Str(_)) {
+                        kept.push(o.clone_ref(py));
                         cache.put(addr, 0, key);
                     }
                     Ok(key)
                 })
-                .collect()
+                .collect::<PyResult<Vec<_>>>()?
         }
         Source::Int(a) => {
             kinds.int = true;
-            Ok(a.to_i64_vec(name)?.into_iter().map(Key::Int).collect())
+            a.to_i64_vec(name)?.into_iter().map(Key::Int).collect()
         }
         Source::Float(a) => {
             kinds.float = true;
-            Ok(a.as_array().iter().map(|&x| Key::from_f64(x)).collect())
+            a.as_array().iter().map(|&x| Key::from_f64(x)).collect()
         }
         Source::Bool(a) => {
             kinds.boolean = true;
-            Ok(a.as_array()
+            a.as_array()
                 .iter()
                 .map(|&b| Key::Int(i64::from(b)))
-                .collect())
+                .collect()
         }
-    }
+    };
+    Ok((keys, KeptAlive(kept)))
 }
+
+/// Strong references that keep borrowed strings alive; dropped while attached.
+struct KeptAlive(#[allow(dead_code)] Vec<Py<PyAny>>);
 
 /// Codes (int32) of `values` in `mapping`; `ValueError` names unknown values.
 #[pyfunction]
@@ -186,9 +198,9 @@ pub fn encode_categorical<'py>(
 ) -> PyResult<Bound<'py, PyArray1<i32>>> {
     let (vsrc, msrc) = (to_source(values, "values")?, to_source(mapping, "mapping")?);
     let mut kinds = Kinds::default();
-    let vkeys = keys(py, &vsrc, "values", &mut kinds)?;
-    let mkeys = keys(py, &msrc, "mapping", &mut kinds)?;
-    let codes = py.detach(|| categorical::encode(&vkeys, &mkeys))?;
+    let (vkeys, _kept_values) = keys(py, &vsrc, "values", &mut kinds)?;
+    let (mkeys, _kept_mapping) = keys(py, &msrc, "mapping", &mut kinds)?;
+    let codes = py.detach(|| guarded(|| categorical::encode(&vkeys, &mkeys)))?;
     Ok(PyArray1::from_vec(py, codes))
 }
 
@@ -238,8 +250,8 @@ pub fn build_mapping<'py>(
 ) -> PyResult<Bound<'py, PyAny>> {
     let src = to_source(values, "values")?;
     let mut kinds = Kinds::default();
-    let vkeys = keys(py, &src, "values", &mut kinds)?;
-    let order = py.detach(|| categorical::build_mapping(&vkeys))?;
+    let (vkeys, _kept) = keys(py, &src, "values", &mut kinds)?;
+    let order = py.detach(|| guarded(|| categorical::build_mapping(&vkeys)))?;
     Ok(categories_array(py, &src, kinds, &vkeys, &order))
 }
 
@@ -252,8 +264,8 @@ pub fn factorize<'py>(
 ) -> PyResult<(Bound<'py, PyAny>, Bound<'py, PyArray1<i32>>)> {
     let src = to_source(values, "values")?;
     let mut kinds = Kinds::default();
-    let vkeys = keys(py, &src, "values", &mut kinds)?;
-    let (order, codes) = py.detach(|| categorical::factorize(&vkeys))?;
+    let (vkeys, _kept) = keys(py, &src, "values", &mut kinds)?;
+    let (order, codes) = py.detach(|| guarded(|| categorical::factorize(&vkeys)))?;
     let mapping = categories_array(py, &src, kinds, &vkeys, &order);
     Ok((mapping, PyArray1::from_vec(py, codes)))
 }

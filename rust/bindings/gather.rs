@@ -5,8 +5,11 @@ use numpy::PyUntypedArrayMethods;
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 
+use super::errors::guarded;
+
 use super::arrays::{
-    borrow_out, with_index, with_int, with_value, IndexArray, IntArray, ValueArray,
+    borrow_out, check_out_disjoint, out_byte_range, with_index, with_int, with_value, IndexArray,
+    IntArray, ValueArray,
 };
 use crate::gather::{
     checked_rows, csr_row_spans, fill_csc_rows, fill_csr_rows, fill_dense_rows, SlotTable,
@@ -51,6 +54,15 @@ pub fn gather_csr_rows(
     let data = ValueArray::borrow(data, "data", 1)?;
     let rows = IntArray::borrow(rows, "rows", 1)?;
     let mut out = borrow_out(out, "out", 2)?;
+    check_out_disjoint(
+        &out_byte_range(&out),
+        &[
+            ("indptr", indptr.byte_range()),
+            ("indices", indices.byte_range()),
+            ("data", data.byte_range()),
+            ("rows", rows.byte_range()),
+        ],
+    )?;
     let (indptr, indices, data, rows) = (
         indptr.slice()?,
         indices.slice()?,
@@ -64,14 +76,16 @@ pub fn gather_csr_rows(
         .as_slice_mut()
         .map_err(|e| PyValueError::new_err(e.to_string()))?;
     py.detach(|| {
-        let spans = with_index!(indptr, |p| with_int!(rows, |r| csr_row_spans(
-            p,
-            indices.len(),
-            r
-        )))?;
-        with_index!(indices, |j| with_value!(data, |v| fill_csr_rows(
-            j, v, &spans, n_vars, out, n_threads
-        )))
+        guarded(|| {
+            let spans = with_index!(indptr, |p| with_int!(rows, |r| csr_row_spans(
+                p,
+                indices.len(),
+                r
+            )))?;
+            with_index!(indices, |j| with_value!(data, |v| fill_csr_rows(
+                j, v, &spans, n_vars, out, n_threads
+            )))
+        })
     })?;
     Ok(())
 }
@@ -95,6 +109,15 @@ pub fn gather_csc_rows(
     let data = ValueArray::borrow(data, "data", 1)?;
     let rows = IntArray::borrow(rows, "rows", 1)?;
     let mut out = borrow_out(out, "out", 2)?;
+    check_out_disjoint(
+        &out_byte_range(&out),
+        &[
+            ("indptr", indptr.byte_range()),
+            ("indices", indices.byte_range()),
+            ("data", data.byte_range()),
+            ("rows", rows.byte_range()),
+        ],
+    )?;
     let (indptr, indices, data, rows) = (
         indptr.slice()?,
         indices.slice()?,
@@ -114,11 +137,13 @@ pub fn gather_csc_rows(
         .as_slice_mut()
         .map_err(|e| PyValueError::new_err(e.to_string()))?;
     py.detach(|| {
-        let table = with_int!(rows, |r| SlotTable::new(r, n_rows))?;
-        with_index!(indptr, |p| with_index!(indices, |j| with_value!(
-            data,
-            |v| fill_csc_rows(p, j, v, &table, out)
-        )))
+        guarded(|| {
+            let table = with_int!(rows, |r| SlotTable::new(r, n_rows))?;
+            with_index!(indptr, |p| with_index!(indices, |j| with_value!(
+                data,
+                |v| fill_csc_rows(p, j, v, &table, out)
+            )))
+        })
     })?;
     Ok(())
 }
@@ -139,6 +164,10 @@ pub fn gather_dense_rows(
     let x_shape = super::arrays::ndarray(X, "X")?.shape().to_vec();
     let rows = IntArray::borrow(rows, "rows", 1)?;
     let mut out = borrow_out(out, "out", 2)?;
+    check_out_disjoint(
+        &out_byte_range(&out),
+        &[("X", x.byte_range()), ("rows", rows.byte_range())],
+    )?;
     let (x, rows) = (x.slice()?, rows.slice()?);
     let shape = out.shape().to_vec();
     check_out_rows(&shape, rows.len())?;
@@ -153,8 +182,10 @@ pub fn gather_dense_rows(
         .as_slice_mut()
         .map_err(|e| PyValueError::new_err(e.to_string()))?;
     py.detach(|| {
-        let rows = with_int!(rows, |r| checked_rows(r, n_rows))?;
-        with_value!(x, |v| fill_dense_rows(v, n_vars, &rows, out, n_threads))
+        guarded(|| {
+            let rows = with_int!(rows, |r| checked_rows(r, n_rows))?;
+            with_value!(x, |v| fill_dense_rows(v, n_vars, &rows, out, n_threads))
+        })
     })?;
     Ok(())
 }
