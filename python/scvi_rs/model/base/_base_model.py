@@ -23,7 +23,12 @@ from ...dataloaders import AnnDataLoader
 from ...train._device import parse_device_args
 from ...utils import attrdict
 from ._constants import SAVE_KEYS
-from ._files import safe_pickle_load, safe_torch_load, write_files_atomically
+from ._files import (
+    check_regular_file,
+    safe_pickle_load,
+    safe_torch_load,
+    write_files_atomically,
+)
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -216,11 +221,17 @@ class BaseModelClass(metaclass=BaseModelMetaClass):
         adata
             Remove only this AnnData's managers; by default every manager except the one
             of :attr:`adata`.
+
+        Raises
+        ------
+        ValueError
+            If ``adata`` has no manager in the class store (never set up, set up with
+            another model class, or already deregistered).
         """
         cls = type(self)
         instance_store = cls._per_instance_manager_store.get(self.id, {})
         if adata is not None:
-            uuid = adata.uns[_SCVI_UUID_KEY]
+            uuid = self._get_most_recent_anndata_manager(adata, required=True).adata_uuid
             cls._setup_adata_manager_store.pop(uuid, None)
             instance_store.pop(uuid, None)
             return
@@ -974,6 +985,7 @@ def _load_saved_files(
     if load_adata:
         adata_path = os.path.join(dir_path, f"{prefix}{SAVE_KEYS.ADATA_FNAME}")
         if os.path.exists(adata_path):
+            check_regular_file(adata_path, "saved AnnData")
             try:
                 adata = anndata.read_h5ad(adata_path)
             except Exception as err:
