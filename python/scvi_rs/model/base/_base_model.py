@@ -23,12 +23,7 @@ from ...dataloaders import AnnDataLoader
 from ...train._device import parse_device_args
 from ...utils import attrdict
 from ._constants import SAVE_KEYS
-from ._files import (
-    check_regular_file,
-    safe_pickle_load,
-    safe_torch_load,
-    write_files_atomically,
-)
+from ._files import safe_pickle_load, safe_torch_load, write_files_atomically
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -985,7 +980,6 @@ def _load_saved_files(
     if load_adata:
         adata_path = os.path.join(dir_path, f"{prefix}{SAVE_KEYS.ADATA_FNAME}")
         if os.path.exists(adata_path):
-            check_regular_file(adata_path, "saved AnnData")
             try:
                 adata = anndata.read_h5ad(adata_path)
             except Exception as err:
