@@ -23,7 +23,12 @@ from ...dataloaders import AnnDataLoader
 from ...train._device import parse_device_args
 from ...utils import attrdict
 from ._constants import SAVE_KEYS
-from ._files import safe_pickle_load, safe_torch_load, write_files_atomically
+from ._files import (
+    check_regular_file,
+    safe_pickle_load,
+    safe_torch_load,
+    write_files_atomically,
+)
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -980,6 +985,7 @@ def _load_saved_files(
     if load_adata:
         adata_path = os.path.join(dir_path, f"{prefix}{SAVE_KEYS.ADATA_FNAME}")
         if os.path.exists(adata_path):
+            check_regular_file(adata_path, "saved AnnData")
             try:
                 adata = anndata.read_h5ad(adata_path)
             except Exception as err:
@@ -1022,8 +1028,8 @@ def _validate_var_names(adata: AnnData, source_var_names: np.ndarray) -> None:
     source = np.asarray(source_var_names).astype(str)
     if user_var_names.shape != source.shape or not np.array_equal(user_var_names, source):
         source_set, user_set = set(source), set(user_var_names)
-        extra = [g for g in user_var_names[:100_000] if g not in source_set][:5]
-        missing = [g for g in source[:100_000] if g not in user_set][:5]
+        extra = [str(g) for g in user_var_names[:100_000] if g not in source_set][:5]
+        missing = [str(g) for g in source[:100_000] if g not in user_set][:5]
         raise ValueError(
             "The AnnData's var_names do not match the var_names the model was saved with "
             f"({len(user_var_names)} genes given, {len(source)} saved; not saved: {extra}; "

@@ -8,8 +8,9 @@ import importlib
 import logging
 import os
 import pickle
-import tempfile
+import stat
 import types
+import uuid
 import zipfile
 from collections.abc import Callable
 from typing import Any
@@ -79,6 +80,24 @@ _TORCH_FALLBACK_GLOBALS = (
 )
 
 
+# Taken out of torch's weights-only list: no model file needs them, and each lets a small
+# file do harm: `bytearray(n)` allocates n bytes from a few bytes of pickle; sparse tensors
+# are rebuilt without checking their indices (the first `.to_dense()` writes out of bounds);
+# quantized, meta and subclass tensors call back into code a model file never needs.
+_REFUSED_TORCH_GLOBALS = (
+    "builtins.bytearray",
+    "torch._utils._rebuild_sparse_tensor",
+    "torch._utils._rebuild_qtensor",
+    "torch._utils._rebuild_wrapper_subclass",
+    "torch._utils._rebuild_meta_tensor_no_storage",
+    "torch._utils._rebuild_nested_tensor",
+)
+
+
+def _refused(name: str) -> bool:
+    return name in _REFUSED_TORCH_GLOBALS or ".sparse." in name
+
+
 @functools.cache
 def _allowed_globals() -> dict[str, Any]:
     import numpy.dtypes
@@ -86,7 +105,7 @@ def _allowed_globals() -> dict[str, Any]:
     allowed: dict[str, Any] = {}
     torch_allowed = getattr(torch._weights_only_unpickler, "_get_allowed_globals", None)
     if callable(torch_allowed):
-        allowed.update(torch_allowed())
+        allowed.update((name, obj) for name, obj in torch_allowed().items() if not _refused(name))
     for name in (*_TORCH_FALLBACK_GLOBALS, *_ALLOWED_GLOBALS):
         obj = _resolve(name)
         if obj is not None:
@@ -119,6 +138,47 @@ _allow_list_pickle = types.SimpleNamespace(
 )
 
 
+def check_regular_file(path: str | os.PathLike, what: str = "file") -> None:
+    """Raise ``ValueError`` unless ``path`` is a regular file (not a FIFO, device or folder).
+
+    Reading a FIFO blocks until some other process writes to it, and a device may never end.
+
+    Parameters
+    ----------
+    path
+        The path to check.
+    what
+        What the file is, for the message.
+    """
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise
+    except OSError as err:
+        raise ValueError(f"Cannot read the {what} {path}: {err}") from err
+    if not stat.S_ISREG(mode):
+        raise ValueError(f"The {what} {path} is not a regular file; refusing to read it.")
+
+
+def _check_zip_records(path: str | os.PathLike) -> None:
+    """Refuse compressed records: ``torch.save`` stores every record uncompressed, and a
+    deflated one lets a small file inflate to any size while it is read."""
+    if not zipfile.is_zipfile(path):
+        return  # torch's legacy (pre-1.6) format, or not a torch file: torch.load decides
+    try:
+        with zipfile.ZipFile(path) as archive:
+            infos = archive.infolist()
+    except (zipfile.BadZipFile, OSError, ValueError) as err:
+        raise ValueError(f"The model file {path} is corrupt or truncated: {err}") from err
+    for info in infos:
+        if info.compress_type != zipfile.ZIP_STORED:
+            raise ValueError(
+                f"Refusing to load {path}: its record {info.filename!r} is compressed "
+                f"({info.compress_size} bytes inflating to {info.file_size}); torch.save "
+                "never writes compressed records."
+            )
+
+
 def safe_torch_load(path: str | os.PathLike, map_location: Any = None) -> Any:
     """Load a ``torch.save`` file without executing pickled code.
 
@@ -142,6 +202,8 @@ def safe_torch_load(path: str | os.PathLike, map_location: Any = None) -> Any:
     ValueError
         If the file is corrupt or truncated, or asks to build an object outside the allow-list.
     """
+    check_regular_file(path, "model file")
+    _check_zip_records(path)
     try:
         return torch.load(
             path, map_location=map_location, weights_only=False, pickle_module=_allow_list_pickle
@@ -177,6 +239,7 @@ def safe_pickle_load(path: str | os.PathLike) -> Any:
     ValueError
         If the file is corrupt or asks to build an object outside the allow-list.
     """
+    check_regular_file(path)
     with open(path, "rb") as fh:
         try:
             return _AllowListUnpickler(fh).load()
@@ -203,9 +266,10 @@ def write_files_atomically(writers: dict[str, Callable[[str], None]]) -> None:
     try:
         for final_path, write in writers.items():
             parent = os.path.dirname(os.path.abspath(final_path))
-            fd, tmp = tempfile.mkstemp(
-                prefix=f".{os.path.basename(final_path)}.", suffix=".tmp", dir=parent
-            )
+            tmp = os.path.join(parent, f".{os.path.basename(final_path)}.{uuid.uuid4().hex}.tmp")
+            # Created like any other file (mode 0o666 less the umask), not mkstemp's 0600:
+            # the renamed file keeps these permissions.
+            fd = os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
             os.close(fd)
             staged.append((tmp, final_path))
             write(tmp)
