@@ -14,6 +14,8 @@ import torch.distributed as dist
 
 import scvi_rs
 
+pytestmark = pytest.mark.slow
+
 SCRIPT = Path(__file__).with_name("ddp_train_script.py")
 
 
