@@ -12,9 +12,7 @@ from scvi_rs import _core
 
 
 def _csr(n_rows=2_000, n_vars=300, density=0.1, seed=0, dtype=np.float32):
-    return sp.random(
-        n_rows, n_vars, density=density, format="csr", dtype=dtype, random_state=seed
-    )
+    return sp.random(n_rows, n_vars, density=density, format="csr", dtype=dtype, random_state=seed)
 
 
 def test_out_aliasing_indices_through_frombuffer_is_refused():
