@@ -3,6 +3,7 @@
 //! needs no Python.
 //!
 //! - [`gather`]: CSR/CSC/dense row gather into a caller-owned dense `f32` buffer.
+//! - [`checks`]: the first NaN, infinite or negative stored value.
 //! - [`categorical`]: category codes against a mapping, and pandas' category order.
 //! - [`registry`]: stable registry fingerprint (SHA-256 of canonical JSON), UUIDs.
 //! - [`split`]: split sizes, NumPy-identical permutations, external split validation.
@@ -10,6 +11,7 @@
 //! - [`num`]: index/value element traits; [`pyfmt`]: Python-style `repr` for messages.
 
 pub mod categorical;
+pub mod checks;
 pub mod errors;
 pub mod gather;
 pub mod num;

@@ -78,13 +78,18 @@ def test_ints_match_pandas(values):
 
 
 def test_numbers_compare_like_python():
-    # 1 == 1.0 == True, as in pandas/Python.
+    # 1 == 1.0, as in pandas/Python; but booleans never match numbers, as in pandas.
     np.testing.assert_array_equal(
         _core.encode_categorical(np.array([1.0, 2.0]), np.array([2, 1])), [1, 0]
     )
-    np.testing.assert_array_equal(
-        _core.encode_categorical(np.array([True, False]), np.array([0, 1])), [1, 0]
-    )
+    for values, mapping in [
+        (np.array([True, False]), np.array([0, 1])),
+        (np.array([1, 0]), np.array([True, False])),
+        (np.array([True, False], dtype=object), np.array([0.0, 1.0])),
+    ]:
+        assert (pd.Categorical(values, categories=mapping).codes == -1).all()
+        with pytest.raises(ValueError, match="booleans never match"):
+            _core.encode_categorical(values, mapping)
     np.testing.assert_array_equal(
         _core.encode_categorical(np.array([np.int64(3), 1], dtype=object), np.array([1, 3])),
         [1, 0],

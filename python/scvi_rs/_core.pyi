@@ -17,6 +17,7 @@ __all__ = [
     "debug_build",
     "encode_categorical",
     "factorize",
+    "find_invalid_value",
     "gather_csc_rows",
     "gather_csr_rows",
     "gather_dense_rows",
@@ -78,6 +79,9 @@ def factorize(values: Any) -> tuple[NDArray[Any], NDArray[np.int32]]:
 
 def registry_fingerprint(json_text: str) -> str:
     """64-char lower-case hex SHA-256 of the canonical JSON (sorted keys, no whitespace, one string escaping; numbers as written); ValueError if invalid JSON."""
+
+def find_invalid_value(data: NDArray[Any]) -> tuple[int, str] | None:
+    """``(flat position, kind)`` of the first NaN (``"nan"``), infinite (``"inf"``, ``"-inf"``) or negative (``"negative"``) value of the C-contiguous array ``data``, or None."""
 
 def validate_uuid(text: str) -> bool:
     """Whether ``text`` is a UUID in canonical 8-4-4-4-12 hex form (any case)."""

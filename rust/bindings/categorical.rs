@@ -22,6 +22,27 @@ struct Kinds {
     float: bool,
 }
 
+impl Kinds {
+    fn only_bool(self) -> bool {
+        self.boolean && !self.int && !self.float && !self.string
+    }
+    fn numbers_without_bool(self) -> bool {
+        (self.int || self.float) && !self.boolean && !self.string
+    }
+}
+
+/// Whether one side holds only booleans and the other only numbers (which pandas never
+/// matches, though `True == 1` in Python): the two kinds' names, for the message.
+fn bool_number_mismatch(values: Kinds, mapping: Kinds) -> Option<(&'static str, &'static str)> {
+    if values.only_bool() && mapping.numbers_without_bool() {
+        Some(("booleans", "numbers"))
+    } else if values.numbers_without_bool() && mapping.only_bool() {
+        Some(("numbers", "booleans"))
+    } else {
+        None
+    }
+}
+
 /// A 1-D array of values, kept alive while its keys borrow from it.
 enum Source<'py> {
     Object(PyReadonlyArray1<'py, Py<PyAny>>),
@@ -197,9 +218,15 @@ pub fn encode_categorical<'py>(
     mapping: &Bound<'py, PyAny>,
 ) -> PyResult<Bound<'py, PyArray1<i32>>> {
     let (vsrc, msrc) = (to_source(values, "values")?, to_source(mapping, "mapping")?);
-    let mut kinds = Kinds::default();
-    let (vkeys, _kept_values) = keys(py, &vsrc, "values", &mut kinds)?;
-    let (mkeys, _kept_mapping) = keys(py, &msrc, "mapping", &mut kinds)?;
+    let (mut vkinds, mut mkinds) = (Kinds::default(), Kinds::default());
+    let (vkeys, _kept_values) = keys(py, &vsrc, "values", &mut vkinds)?;
+    let (mkeys, _kept_mapping) = keys(py, &msrc, "mapping", &mut mkinds)?;
+    if let Some((v, m)) = bool_number_mismatch(vkinds, mkinds) {
+        return Err(PyValueError::new_err(format!(
+            "values are {v} but the mapping holds {m}: booleans never match numeric \
+             categories (as in pandas); convert the column to the mapping's type"
+        )));
+    }
     let codes = py.detach(|| guarded(|| categorical::encode(&vkeys, &mkeys)))?;
     Ok(PyArray1::from_vec(py, codes))
 }

@@ -3,6 +3,7 @@
 
 mod arrays;
 mod categorical;
+mod checks;
 mod errors;
 mod gather;
 mod registry;
@@ -14,6 +15,8 @@ use pyo3::prelude::*;
 pub mod _core {
     #[pymodule_export]
     use super::categorical::{build_mapping, encode_categorical, factorize};
+    #[pymodule_export]
+    use super::checks::find_invalid_value;
     #[pymodule_export]
     use super::gather::{gather_csc_rows, gather_csr_rows, gather_dense_rows};
     #[pymodule_export]
