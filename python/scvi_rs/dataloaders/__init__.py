@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from ..data._anntorchdataset import AnnTorchDataset
 from ._ann_dataloader import AnnDataLoader
+from ._concat_dataloader import ConcatDataLoader
 from ._data_splitting import (
     DataSplitter,
     validate_data_split,
@@ -11,13 +12,18 @@ from ._data_splitting import (
 )
 from ._device_backed import DeviceBackedDataSplitter
 from ._samplers import BatchDistributedSampler
+from ._semisupervised_dataloader import SemiSupervisedDataLoader
+from ._semisupervised_splitting import SemiSupervisedDataSplitter
 
 __all__ = [
     "AnnDataLoader",
     "AnnTorchDataset",
     "BatchDistributedSampler",
+    "ConcatDataLoader",
     "DataSplitter",
     "DeviceBackedDataSplitter",
+    "SemiSupervisedDataLoader",
+    "SemiSupervisedDataSplitter",
     "validate_data_split",
     "validate_data_split_with_external_indexing",
 ]

@@ -7,6 +7,7 @@ from ._config import KwargsConfig, TrainerConfig, TrainingPlanConfig, merge_kwar
 from ._constants import METRIC_KEYS
 from ._device import parse_device_args
 from ._logger import SimpleLogger
+from ._semisupervised_trainingplan import SemiSupervisedTrainingPlan
 from ._trainer import Trainer
 from ._trainingplans import TrainingPlan
 from ._trainrunner import TrainRunner
@@ -17,6 +18,7 @@ __all__ = [
     "KwargsConfig",
     "LearningRateMonitor",
     "LoudEarlyStopping",
+    "SemiSupervisedTrainingPlan",
     "SimpleLogger",
     "TrainRunner",
     "Trainer",

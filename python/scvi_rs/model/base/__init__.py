@@ -8,6 +8,7 @@ from ._constants import SAVE_KEYS
 from ._de import DifferentialComputation
 from ._embeddingmixin import EmbeddingMixin
 from ._rnamixin import RNASeqMixin
+from ._semisupervised_training_mixin import SemisupervisedTrainingMixin
 from ._training_mixin import UnsupervisedTrainingMixin
 from ._vaemixin import VAEMixin
 
@@ -41,6 +42,7 @@ __all__ = [
     "DifferentialComputation",
     "EmbeddingMixin",
     "RNASeqMixin",
+    "SemisupervisedTrainingMixin",
     "UnsupervisedTrainingMixin",
     "VAEMixin",
 ]
