@@ -86,9 +86,14 @@ def test_layer_field_count_warning_texts(adata):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         LayerField("X", None, is_count_data=False).register_field(adata)
+    # negative counts warn as in the reference, then are refused (they train to NaN)
     adata.X = -np.ones_like(adata.X)
-    with pytest.warns(UserWarning, match=re.escape("unnormalized count data")):
+    with (
+        pytest.warns(UserWarning, match=re.escape("unnormalized count data")),
+        pytest.raises(ValueError, match="adata.X holds a negative value"),
+    ):
         LayerField("X", None).register_field(adata)
+    LayerField("X", None, is_count_data=False).register_field(adata)
 
 
 def test_layer_field_count_check_uses_global_rng(adata):

@@ -13,6 +13,7 @@ from ...utils._table import Table
 from .. import _constants, _encoding
 from .._digest import array_digest
 from .._utils import _check_nonnegative_integers, _verify_and_correct_data_format
+from .._value_checks import check_finite_covariates
 from ._base_field import BaseAnnDataField
 from ._dataframe_field import _extend_mapping, _is_numeric_column
 
@@ -331,6 +332,9 @@ class NumericalJointField(BaseJointField):
 
     def register_field(self, adata: AnnData) -> dict:
         super().register_field(adata)
+        check_finite_covariates(
+            getattr(adata, self.source_attr_name), self.attr_keys, f"adata.{self.source_attr_name}"
+        )
         self._combine_fields(adata)
         columns = getattr(adata, self.attr_name)[self.attr_key].columns.to_numpy()
         return {self.COLUMNS_KEY: columns}

@@ -15,6 +15,7 @@ from .._utils import (
     _check_nonnegative_integers,
     _verify_and_correct_data_format,
 )
+from .._value_checks import check_count_values
 from ._base_field import BaseAnnDataField
 
 if TYPE_CHECKING:
@@ -109,6 +110,8 @@ class LayerField(BaseAnnDataField):
         super().register_field(adata)
         if self.correct_data_format:
             _verify_and_correct_data_format(adata, self.attr_name, self.attr_key)
+        if self.is_count_data:
+            check_count_values(self.get_field_data(adata), self._location())
         return {
             self.N_OBS_KEY: adata.n_obs,
             self.N_VARS_KEY: adata.n_vars,
