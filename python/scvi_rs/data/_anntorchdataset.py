@@ -22,6 +22,7 @@ from torch.utils.data import Dataset
 
 from .. import _core
 from .._constants import REGISTRY_KEYS
+from ._row_source import RowSource
 
 if TYPE_CHECKING:
     import torch
@@ -318,7 +319,7 @@ class _H5DenseReader(_Reader):
 
 
 class _GenericReader(_Reader):
-    """Anything else that supports row indexing (dask arrays, backed CSC, other formats)."""
+    """Anything else that supports row indexing (dask arrays, backed CSC, ``RowSource``)."""
 
     def __init__(self, obj: Any, dtype: np.dtype, as_sparse_tensor: bool) -> None:
         self.dtype = dtype
@@ -329,7 +330,17 @@ class _GenericReader(_Reader):
         sliced = self.obj[rows]
         if hasattr(sliced, "compute"):
             sliced = sliced.compute()
+        if sliced.shape[0] != len(rows):
+            raise ValueError(
+                f"{type(self.obj).__name__} returned {sliced.shape[0]} rows for "
+                f"{len(rows)} requested."
+            )
         if sp.issparse(sliced):
+            if sliced.format == "csr" and self.dtype == np.float32 and not self.as_sparse_tensor:
+                indptr, indices, data = _csr_parts(sliced.indptr, sliced.indices, sliced.data)
+                result, out = alloc(sliced.shape, self.dtype)
+                _core.gather_csr_rows(indptr, indices, data, np.arange(len(rows)), out)
+                return result
             sliced = sliced.astype(self.dtype)
             if self.as_sparse_tensor:
                 layout = "csc" if sliced.format == "csc" else "csr"
@@ -372,7 +383,7 @@ def _make_reader(key: str, obj: Any, dtype: np.dtype, load_sparse_tensor: bool) 
         return _GenericReader(obj, dtype, load_sparse_tensor)
     if isinstance(obj, h5py.Dataset):
         return _H5DenseReader(obj, dtype)
-    if _is_dask(obj):
+    if _is_dask(obj) or isinstance(obj, RowSource):
         return _GenericReader(obj, dtype, load_sparse_tensor)
     raise TypeError(f"{key} is not a supported type")
 

@@ -13,6 +13,7 @@ import scipy.sparse as sp
 
 from .._settings import settings
 from . import _constants
+from ._row_source import RowSource
 
 if TYPE_CHECKING:
     import torch
@@ -117,8 +118,8 @@ def _sample_rows(n: int, n_to_check: int) -> np.ndarray:
 
 
 def _is_backed_matrix(data: Any) -> bool:
-    """Whether ``data`` is an on-disk matrix: an h5py dataset or anndata's backed sparse one."""
-    if type(data).__module__.startswith("h5py"):
+    """Whether ``data`` is read on demand: an h5py dataset, a backed sparse one, a RowSource."""
+    if type(data).__module__.startswith("h5py") or isinstance(data, RowSource):
         return True
     try:
         from anndata.abc import CSCDataset, CSRDataset
@@ -130,8 +131,9 @@ def _is_backed_matrix(data: Any) -> bool:
 def _check_nonnegative_integers(data: Any, n_to_check: int = 20) -> bool:
     """Sample ``data`` and tell whether the sampled values are non-negative integers.
 
-    On-disk (backed) and dask matrices are checked on their first 100 rows only, which are
-    the only ones read; in-memory data are sampled as they are.
+    On-disk (backed), on-demand (:class:`RowSource`) and dask matrices are checked on their
+    first 100 rows only, which are the only ones read; in-memory data are sampled as they
+    are.
     """
     if _is_backed_matrix(data):
         data = data[:100]

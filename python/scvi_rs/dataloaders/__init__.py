@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from ..data._anntorchdataset import AnnTorchDataset
 from ._ann_dataloader import AnnDataLoader
+from ._anncollection import CollectionAdapter
 from ._concat_dataloader import ConcatDataLoader
 from ._data_splitting import (
     DataSplitter,
@@ -19,6 +20,7 @@ __all__ = [
     "AnnDataLoader",
     "AnnTorchDataset",
     "BatchDistributedSampler",
+    "CollectionAdapter",
     "ConcatDataLoader",
     "DataSplitter",
     "DeviceBackedDataSplitter",
