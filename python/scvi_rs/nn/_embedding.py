@@ -9,7 +9,11 @@ from torch import nn
 class Embedding(nn.Embedding):
     """``torch.nn.Embedding`` used for batch representations (``batch_representation=
     "embedding"``); its state dict is the plain ``weight`` of shape
-    ``(num_embeddings, embedding_dim)``."""
+    ``(num_embeddings, embedding_dim)``.
+
+    Loading a state dict adopts the saved number of rows: a model built with its original
+    number of categories loads the weights of an embedding that was extended since.
+    """
 
     @classmethod
     def extend(
@@ -62,3 +66,33 @@ class Embedding(nn.Embedding):
 
             extended.weight.register_hook(_mask_old_rows)
         return extended
+
+    def _load_from_state_dict(
+        self,
+        state_dict: dict[str, torch.Tensor],
+        prefix: str,
+        local_metadata: dict,
+        strict: bool,
+        missing_keys: list[str],
+        unexpected_keys: list[str],
+        error_msgs: list[str],
+    ) -> None:
+        saved = state_dict.get(prefix + "weight")
+        if (
+            isinstance(saved, torch.Tensor)
+            and saved.ndim == 2
+            and saved.shape != self.weight.shape
+        ):
+            self._resize(saved.shape[0], saved.shape[1])
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
+
+    def _resize(self, num_embeddings: int, embedding_dim: int) -> None:
+        """Replace ``weight`` by an uninitialised one of the new shape (same device, dtype)."""
+        old = self.weight
+        self.weight = nn.Parameter(
+            torch.empty(num_embeddings, embedding_dim, dtype=old.dtype, device=old.device),
+            requires_grad=old.requires_grad,
+        )
+        self.num_embeddings, self.embedding_dim = num_embeddings, embedding_dim

@@ -40,14 +40,19 @@ class EmbeddingMixin:
         -------
         numpy.ndarray
             ``(n_cells, embedding_dim)``.
+
+        Raises
+        ------
+        KeyError
+            The module has no batch embedding (not built with
+            ``batch_representation="embedding"``, or it was removed).
         """
         if not isinstance(self.module, EmbeddingModuleMixin):
             raise ValueError("The current `module` must inherit from `EmbeddingModuleMixin`.")
         key = REGISTRY_KEYS.BATCH_KEY
-        embeddings = self.module._modules.get("_embeddings_dict")
-        if embeddings is None or key not in embeddings:
-            raise ValueError(
-                "The module has no batch embedding; build the model with "
+        if key not in self.module.embeddings_dict:
+            raise KeyError(
+                f"Embedding {key} not found. The model has no batch embedding: build it with "
                 "`batch_representation='embedding'`."
             )
         adata = self._validate_anndata(adata)

@@ -78,7 +78,7 @@ class VAEMixin:
         return_mean: bool = True,
         data_loader_kwargs: dict | None = None,
         **kwargs: Any,
-    ) -> float | torch.Tensor:
+    ) -> torch.Tensor:
         """Return the evidence lower bound (reconstruction log-likelihood minus local KL).
 
         Parameters
@@ -100,8 +100,9 @@ class VAEMixin:
 
         Returns
         -------
-        float or torch.Tensor
-            The mean ELBO as a Python float, or the per-cell ELBO ``(n_cells,)``.
+        torch.Tensor
+            On the module's device: the mean ELBO as a 0-d tensor, or the per-cell ELBO
+            ``(n_cells,)``. Higher is better (this is not the negative ELBO).
         """
         kwargs = self._forward_kwargs(kwargs)
         per_cell = []
@@ -109,10 +110,12 @@ class VAEMixin:
             adata, indices, batch_size, dataloader, data_loader_kwargs
         ):
             _, _, loss_output = self.module(tensors, **kwargs)
-            value = _per_cell(loss_output.reconstruction_loss) + _per_cell(loss_output.kl_local)
-            per_cell.append(-torch.as_tensor(value).reshape(-1).cpu())
+            negative_elbo = _per_cell(loss_output.reconstruction_loss) + _per_cell(
+                loss_output.kl_local
+            )
+            per_cell.append(-torch.as_tensor(negative_elbo).reshape(-1))
         elbo = torch.cat(per_cell)
-        return float(elbo.mean()) if return_mean else elbo
+        return elbo.mean() if return_mean else elbo
 
     @torch.inference_mode()
     def get_marginal_ll(
@@ -125,7 +128,7 @@ class VAEMixin:
         dataloader: Iterable | None = None,
         data_loader_kwargs: dict | None = None,
         **kwargs: Any,
-    ) -> float | torch.Tensor:
+    ) -> np.float64 | torch.Tensor:
         """Return the marginal log-likelihood estimated by importance sampling.
 
         Parameters
@@ -149,8 +152,9 @@ class VAEMixin:
 
         Returns
         -------
-        float or torch.Tensor
-            The mean as a Python float, or the per-cell values ``(n_cells,)``.
+        numpy.float64 or torch.Tensor
+            The mean of the minibatch means (a 0-d numpy scalar), or the per-cell values
+            ``(n_cells,)``.
         """
         if not hasattr(self.module, "marginal_ll"):
             raise NotImplementedError(
@@ -164,10 +168,10 @@ class VAEMixin:
             value = self.module.marginal_ll(
                 tensors, n_mc_samples=n_mc_samples, return_mean=return_mean, **kwargs
             )
-            values.append(torch.as_tensor(value).cpu())
+            values.append(value)
         if return_mean:
-            return float(np.mean([float(v) for v in values]))
-        return torch.cat([v.reshape(-1) for v in values])
+            return np.mean([float(v) for v in values])
+        return torch.cat([torch.as_tensor(v).reshape(-1) for v in values])
 
     @torch.inference_mode()
     def get_reconstruction_error(
@@ -179,7 +183,7 @@ class VAEMixin:
         return_mean: bool = True,
         data_loader_kwargs: dict | None = None,
         **kwargs: Any,
-    ) -> dict[str, float | torch.Tensor]:
+    ) -> dict[str, torch.Tensor]:
         """Return the reconstruction loss (negative log-likelihood) of the data.
 
         Parameters
@@ -202,7 +206,8 @@ class VAEMixin:
         Returns
         -------
         dict
-            Reconstruction-loss name to its mean (Python float) or per-cell tensor.
+            Reconstruction-loss name to its mean (0-d tensor) or per-cell tensor
+            ``(n_cells,)``, on the module's device.
         """
         kwargs = self._forward_kwargs(kwargs)
         kwargs.setdefault("loss_kwargs", {"kl_weight": 1})
@@ -215,11 +220,11 @@ class VAEMixin:
             if not isinstance(record, dict):
                 record = {"reconstruction_loss": record}
             for key, value in record.items():
-                totals.setdefault(key, []).append(torch.as_tensor(value).reshape(-1).cpu())
-        result: dict[str, float | torch.Tensor] = {}
+                totals.setdefault(key, []).append(torch.as_tensor(value).reshape(-1))
+        result: dict[str, torch.Tensor] = {}
         for key, parts in totals.items():
             per_cell = torch.cat(parts)
-            result[key] = float(per_cell.mean()) if return_mean else per_cell
+            result[key] = per_cell.mean() if return_mean else per_cell
         return result
 
     @torch.inference_mode()
@@ -295,16 +300,16 @@ class VAEMixin:
     ) -> torch.distributions.Distribution:
         """Return the aggregated posterior of the latent space over a set of cells.
 
-        An equal-weight mixture, per latent dimension, of one component per cell: a
-        Student-t with ``dof`` degrees of freedom (a Normal when ``dof`` is None) at the
-        cell's posterior mean and standard deviation.
+        An equal-weight mixture with one component per cell: independent Student-t
+        distributions with ``dof`` degrees of freedom (Normal ones when ``dof`` is None)
+        at the cell's posterior mean and standard deviation.
 
         Parameters
         ----------
         adata
             AnnData set up like the model's; the model's own by default.
         indices
-            Cells whose posteriors are aggregated; all by default.
+            Cells whose posteriors are aggregated; all cells when None or empty.
         batch_size
             Minibatch size; ``settings.batch_size`` by default.
         dof
@@ -313,10 +318,12 @@ class VAEMixin:
         Returns
         -------
         torch.distributions.MixtureSameFamily
-            Batch shape ``(n_latent,)``: ``log_prob(z)`` of ``z`` with shape
-            ``(..., n_latent)`` gives the per-dimension log densities.
+            Event shape ``(n_latent,)``: ``log_prob(z)`` of ``z`` with shape
+            ``(..., n_latent)`` has shape ``(...)``.
         """
         self._check_if_trained(warn=False)
+        if indices is not None and len(indices) == 0:
+            indices = None
         means, variances = self.get_latent_representation(
             adata=adata, indices=indices, batch_size=batch_size, return_dist=True
         )
@@ -325,17 +332,21 @@ class VAEMixin:
     def _latent_mixture(
         self, means: np.ndarray, variances: np.ndarray, dof: float | None
     ) -> torch.distributions.Distribution:
-        """Equal-weight mixture, per latent dimension, of the given cells' posteriors."""
-        loc = torch.as_tensor(means, device=self.device).T
-        scale = torch.as_tensor(variances, device=self.device).T.sqrt()
+        """Equal-weight mixture of the given cells' posteriors, ``(n_cells, n_latent)`` each."""
+        if means.shape[0] == 0:
+            raise ValueError("The aggregated posterior needs at least one cell.")
+        loc = torch.as_tensor(means, device=self.device)
+        scale = torch.as_tensor(variances, device=self.device).sqrt()
         if dof is None:
             components = torch.distributions.Normal(loc, scale)
         else:
             components = torch.distributions.StudentT(dof, loc, scale)
         mixture = torch.distributions.Categorical(
-            logits=torch.ones(loc.shape[1], device=loc.device)
+            logits=torch.ones(loc.shape[0], device=loc.device)
         )
-        return torch.distributions.MixtureSameFamily(mixture, components)
+        return torch.distributions.MixtureSameFamily(
+            mixture, torch.distributions.Independent(components, 1)
+        )
 
     @torch.inference_mode()
     def differential_abundance(
@@ -365,7 +376,7 @@ class VAEMixin:
         Returns
         -------
         pandas.DataFrame
-            Cells x samples log densities (summed over latent dimensions); also stored in
+            Cells x samples log densities of the cells' latent means; also stored in
             ``adata.obsm["da_log_probs"]``.
         """
         adata = self._validate_anndata(adata)
@@ -388,7 +399,7 @@ class VAEMixin:
             if num_cells_posterior is not None and num_cells_posterior < cells.size:
                 cells = rng.choice(cells, num_cells_posterior, replace=False)
             posterior = self._latent_mixture(means[cells], variances[cells], dof)
-            parts = [posterior.log_prob(chunk).sum(-1) for chunk in torch.split(z, batch_size)]
+            parts = [posterior.log_prob(chunk) for chunk in torch.split(z, batch_size)]
             columns.append(torch.cat(parts).cpu().numpy())
         log_probs = pd.DataFrame(
             np.stack(columns, axis=1) if columns else np.empty((adata.n_obs, 0)),

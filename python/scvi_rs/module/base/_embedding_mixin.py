@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from ...nn import Embedding
+from ._decorators import auto_move_data
 
 
 class EmbeddingModuleMixin:
@@ -42,6 +43,7 @@ class EmbeddingModuleMixin:
         """Create and register an :class:`~scvi_rs.nn.Embedding`."""
         self.add_embedding(key, Embedding(num_embeddings, embedding_dim, **kwargs))
 
+    @auto_move_data
     def compute_embedding(self, key: str, indices: torch.Tensor) -> torch.Tensor:
         """Embed ``indices`` (``(n,)`` or ``(n, 1)``) with the embedding ``key``."""
         if indices.ndim > 1:
