@@ -8,7 +8,6 @@ from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
-from uuid import uuid4
 
 import numpy as np
 
@@ -22,6 +21,7 @@ from ._utils import (
     _check_mudata_fully_paired,
     get_anndata_attribute,
 )
+from ._uuids import new_uuid, read_uuid
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -76,7 +76,7 @@ class AnnDataManager:
         setup_method_args: dict | None = None,
         validation_checks: AnnDataManagerValidationCheck | None = None,
     ) -> None:
-        self.id = str(uuid4())
+        self.id = new_uuid()
         self.adata: AnnData | None = None
         self.fields = list(fields) if fields else []
         self.validation_checks = validation_checks or AnnDataManagerValidationCheck()
@@ -253,7 +253,7 @@ class AnnDataManager:
         wrote them (checked by fingerprint) are not re-encoded.
         """
         self._assert_anndata_registered()
-        most_recent = self.adata.uns.get(_constants._MANAGER_UUID_KEY, None)
+        most_recent = read_uuid(self.adata.uns, _constants._MANAGER_UUID_KEY)
         if most_recent != self.id:
             logger.debug(
                 "AnnData was last registered by manager %s; replaying the registration of %s.",
@@ -265,7 +265,9 @@ class AnnDataManager:
     def _assign_uuid(self) -> None:
         self._assert_anndata_registered()
         _assign_adata_uuid(self.adata)
-        self._registry[_constants._SCVI_UUID_KEY] = self.adata.uns[_constants._SCVI_UUID_KEY]
+        self._registry[_constants._SCVI_UUID_KEY] = read_uuid(
+            self.adata.uns, _constants._SCVI_UUID_KEY
+        )
 
     def _assign_most_recent_manager_uuid(self) -> None:
         self._assert_anndata_registered()

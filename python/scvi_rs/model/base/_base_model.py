@@ -10,7 +10,6 @@ from abc import ABCMeta, abstractmethod
 from collections.abc import Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
-from uuid import uuid4
 
 import numpy as np
 import torch
@@ -19,6 +18,7 @@ from anndata import AnnData
 from ..._settings import settings
 from ...data import AnnDataManager
 from ...data._constants import _SCVI_UUID_KEY
+from ...data._uuids import new_uuid, read_uuid
 from ...dataloaders import AnnDataLoader
 from ...train._device import parse_device_args
 from ...utils import attrdict
@@ -68,7 +68,7 @@ class BaseModelClass(metaclass=BaseModelMetaClass):
     _data_loader_cls = AnnDataLoader
 
     def __init__(self, adata: AnnData | None = None, registry: dict | None = None) -> None:
-        self.id = str(uuid4())
+        self.id = new_uuid()
         if adata is not None:
             self._adata = adata
             self._adata_manager = self._get_most_recent_anndata_manager(adata, required=True)
@@ -244,13 +244,13 @@ class BaseModelClass(metaclass=BaseModelMetaClass):
     def _get_most_recent_anndata_manager(
         cls, adata: AnnData, required: bool = False
     ) -> AnnDataManager | None:
-        if _SCVI_UUID_KEY not in adata.uns:
+        adata_id = read_uuid(adata.uns, _SCVI_UUID_KEY)
+        if adata_id is None:
             if required:
                 raise ValueError(
                     f"Please set up your AnnData with {cls.__name__}.setup_anndata first."
                 )
             return None
-        adata_id = adata.uns[_SCVI_UUID_KEY]
         if adata_id not in cls._setup_adata_manager_store:
             if required:
                 raise ValueError(
@@ -284,13 +284,13 @@ class BaseModelClass(metaclass=BaseModelMetaClass):
         cls = type(self)
         if not adata:
             return None
-        if _SCVI_UUID_KEY not in adata.uns:
+        adata_id = read_uuid(adata.uns, _SCVI_UUID_KEY)
+        if adata_id is None:
             if required:
                 raise ValueError(
                     f"Please set up your AnnData with {cls.__name__}.setup_anndata first."
                 )
             return None
-        adata_id = adata.uns[_SCVI_UUID_KEY]
         if self.id not in cls._per_instance_manager_store:
             raise AssertionError(
                 "Unable to find instance specific manager store. The model has likely not "
@@ -306,7 +306,7 @@ class BaseModelClass(metaclass=BaseModelMetaClass):
         manager = instance_store[adata_id]
         if manager.adata is not adata:
             logger.info("AnnData object appears to be a copy. Attempting to transfer setup.")
-            adata.uns[_SCVI_UUID_KEY] = str(uuid4())
+            adata.uns[_SCVI_UUID_KEY] = new_uuid()
             manager = self.adata_manager.transfer_fields(adata)
             self._register_manager_for_instance(manager)
         return manager
@@ -337,7 +337,7 @@ class BaseModelClass(metaclass=BaseModelMetaClass):
                 raise ValueError("Please run `adata = adata.copy()`")
             logger.info("Received view of anndata, making copy.")
             adata._init_as_actual(adata.copy())
-            adata.uns[_SCVI_UUID_KEY] = str(uuid4())
+            adata.uns[_SCVI_UUID_KEY] = new_uuid()
 
         manager = self.get_anndata_manager(adata)
         if manager is None:
