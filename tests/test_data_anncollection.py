@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pickle
 import warnings
 
 import anndata
@@ -129,3 +130,15 @@ def test_save_load_and_query_mapping(tmp_path):
     query_model = SCVI.load_query_data(query, tmp_path / "ref")
     query_model.train(max_epochs=1, enable_progress_bar=False)
     assert query_model.get_latent_representation().shape == (60, 3)
+
+
+def test_adapter_pickles_as_an_adapter():
+    collection, members = _collection()
+    adapter = CollectionAdapter(collection)
+    adapter.uns["note"] = "kept"
+    copy = pickle.loads(pickle.dumps(adapter))
+    assert type(copy) is CollectionAdapter
+    assert copy.uns == {"note": "kept"}
+    np.testing.assert_array_equal(
+        copy.layers["counts"][[4]].toarray(), _joined_counts(members)[[4]]
+    )

@@ -144,12 +144,22 @@ class CollectionAdapter:
     def __repr__(self) -> str:
         return "Adapter for:\n" + repr(self.collection)
 
+    def __reduce__(self) -> tuple:
+        # pickle would otherwise rebuild an AnnData (see __class__); loader workers need this
+        return (_rebuild_adapter, (self.collection, self.uns))
+
     @property
     def __class__(self) -> type:
         # models and fields check isinstance(adata, AnnData), as in scvi-tools
         from anndata import AnnData
 
         return AnnData
+
+
+def _rebuild_adapter(collection: Any, uns: dict[str, Any]) -> CollectionAdapter:
+    adapter = CollectionAdapter(collection)
+    adapter.uns.update(uns)
+    return adapter
 
 
 __all__ = ["CollectionAdapter", "CollectionLayers", "CollectionMatrix"]
