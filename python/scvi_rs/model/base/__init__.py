@@ -5,7 +5,7 @@ from __future__ import annotations
 from ._archesmixin import ArchesMixin
 from ._base_model import BaseModelClass, BaseModelMetaClass
 from ._constants import SAVE_KEYS
-from ._de import DifferentialComputation
+from ._differential import DifferentialComputation
 from ._embeddingmixin import EmbeddingMixin
 from ._rnamixin import RNASeqMixin
 from ._semisupervised_training_mixin import SemisupervisedTrainingMixin

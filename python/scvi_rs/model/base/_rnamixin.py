@@ -16,7 +16,8 @@ from scipy import sparse as sp_sparse
 from ..._constants import REGISTRY_KEYS
 from ..._settings import settings
 from ...utils import track, unsupported_if_adata_minified
-from ._de import _choice, _de_core, scrna_raw_counts_properties
+from ._de_core import _de_core, scrna_raw_counts_properties
+from ._differential import _choice
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -74,6 +75,108 @@ def _as_indices(adata: AnnData, indices: Sequence[int] | Sequence[bool] | None) 
     return indices.astype(np.int64).reshape(-1)
 
 
+# Values of log p(x_a | z) computed at once (anchors x samples x cells x genes).
+_ANCHOR_CHUNK_ELEMENTS = 1 << 24
+
+
+def _distribution_params(dist: torch.distributions.Distribution) -> dict[str, torch.Tensor]:
+    """The tensors ``dist`` was built from, by constructor argument name.
+
+    Only attributes stored under their constructor argument's name are recovered; a
+    distribution that renames a required argument cannot be rebuilt (NotImplementedError).
+    """
+    params = {}
+    for name, parameter in inspect.signature(type(dist).__init__).parameters.items():
+        if name in ("self", "validate_args") or parameter.kind in (
+            parameter.VAR_POSITIONAL,
+            parameter.VAR_KEYWORD,
+        ):
+            continue
+        value = dist.__dict__.get(name)
+        if isinstance(value, torch.Tensor):
+            params[name] = value
+        elif parameter.default is inspect.Parameter.empty:
+            raise NotImplementedError(
+                f"Importance weighting cannot handle {type(dist).__name__}: its parameter "
+                f"{name!r} is not stored under that name."
+            )
+    return params
+
+
+def _rebuild(
+    dist: torch.distributions.Distribution, params: dict[str, torch.Tensor]
+) -> torch.distributions.Distribution:
+    return type(dist)(**params, validate_args=False)
+
+
+def _distribution_to(
+    dist: torch.distributions.Distribution, device: torch.device | str
+) -> torch.distributions.Distribution:
+    """``dist`` with its parameters on ``device``."""
+    return _rebuild(dist, {k: v.to(device) for k, v in _distribution_params(dist).items()})
+
+
+def _concat_distributions(
+    dists: Sequence[torch.distributions.Distribution], axis: int
+) -> torch.distributions.Distribution:
+    """One distribution of the type of ``dists[0]`` with the parameters joined along ``axis``."""
+    per_part = []
+    for dist in dists:
+        params = _distribution_params(dist)
+        # Parameters may be stored unbroadcast (e.g. a per-gene dispersion).
+        per_part.append(dict(zip(params, torch.broadcast_tensors(*params.values()), strict=True)))
+    joined = {name: torch.cat([p[name] for p in per_part], dim=axis) for name in per_part[0]}
+    return _rebuild(dists[0], joined)
+
+
+def _subset_distribution(
+    dist: torch.distributions.Distribution, rows: np.ndarray, axis: int
+) -> torch.distributions.Distribution:
+    """``dist`` restricted to ``rows`` along ``axis`` of its parameters."""
+    params = _distribution_params(dist)
+    index = torch.as_tensor(rows, dtype=torch.long)
+    subset = {}
+    for name, value in zip(params, torch.broadcast_tensors(*params.values()), strict=True):
+        subset[name] = value.index_select(axis, index.to(value.device))
+    return _rebuild(dist, subset)
+
+
+def _with_library(
+    px: torch.distributions.Distribution, library: torch.Tensor
+) -> torch.distributions.Distribution:
+    """The count distribution ``px`` with its mean set to ``scale * library``."""
+    params = _distribution_params(px)
+    mean_name = "mu" if "mu" in params else "rate" if "rate" in params else None
+    if mean_name is None or params.get("scale") is None:
+        raise NotImplementedError(
+            "Importance weights need a count likelihood with a normalised mean `scale` and a "
+            f"mean `mu` or `rate`; {type(px).__name__} has neither."
+        )
+    params[mean_name] = params["scale"] * library
+    return _rebuild(px, params)
+
+
+def _denoising_parameters(generative_outputs: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Normalised mean and inverse dispersion of the decoded negative binomial.
+
+    Read from ``"px"``, or from the ``"px_scale"``/``"px_r"`` outputs of modules written for
+    scvi-tools versions before distributions were returned.
+    """
+    if "px" in generative_outputs:
+        px = generative_outputs["px"]
+        if not hasattr(px, "theta"):
+            raise ValueError(
+                "Denoised samples need a negative-binomial likelihood ('nb' or 'zinb')."
+            )
+        return px.scale, px.theta
+    if "px_scale" in generative_outputs and "px_r" in generative_outputs:
+        return generative_outputs["px_scale"], generative_outputs["px_r"]
+    raise KeyError(
+        "The module's generative outputs hold neither 'px' nor 'px_scale' and 'px_r'; got "
+        f"{sorted(generative_outputs)}."
+    )
+
+
 class RNASeqMixin:
     """Queries of models with a count likelihood over genes (mixed into ``SCVI``).
 
@@ -83,7 +186,8 @@ class RNASeqMixin:
 
     - ``posterior_predictive_sample`` returns a SciPy CSR matrix (one sample) or a dense
       ``(n_obs, n_vars, n_samples)`` array instead of a ``sparse.GCXS`` array.
-    - ``weights="importance"`` raises ``NotImplementedError`` (uniform weights only).
+    - ``get_importance_weights`` loads the anchor cells' counts in minibatches of the
+      loader's default size (the reference loads them one cell at a time); results agree.
     - ``get_normalized_expression(n_samples_overall=...)`` returns a numpy array by default
       (the reference fails unless ``return_numpy=True``); a ``gene_list`` matching no gene
       is a ``ValueError`` as in ``posterior_predictive_sample``.
@@ -165,7 +269,10 @@ class RNASeqMixin:
             Draw this many samples in total from the selected cells (rows are samples, not
             cells); ``n_samples`` must stay 1.
         weights
-            ``None``/``"uniform"``. ``"importance"`` is not supported (NotImplementedError).
+            How ``n_samples_overall`` samples are drawn from the cells' posterior samples:
+            ``None``/``"uniform"`` (equally), or ``"importance"`` (in proportion to
+            :meth:`get_importance_weights`; needs ``adata``, not a ``dataloader``, and a
+            single ``transform_batch``). Unused without ``n_samples_overall``.
         batch_size
             Minibatch size; ``settings.batch_size`` by default.
         return_mean
@@ -180,7 +287,8 @@ class RNASeqMixin:
         data_loader_kwargs
             Extra loader arguments.
         **importance_weighting_kwargs
-            Accepted for compatibility (importance weighting is not supported).
+            Passed to :meth:`get_importance_weights` (``max_cells``, ``truncation``,
+            ``n_mc_samples``, ``n_mc_samples_per_pass``, loader arguments).
 
         Returns
         -------
@@ -192,10 +300,10 @@ class RNASeqMixin:
         """
         if weights not in (None, "uniform", "importance"):
             raise ValueError("`weights` must be None, 'uniform' or 'importance'.")
-        if weights == "importance":
-            raise NotImplementedError(
-                "weights='importance' (importance-weighted sampling of the posterior) is not "
-                "implemented in scvi-rs; use weights='uniform'."
+        if weights == "importance" and dataloader is not None:
+            raise ValueError(
+                "weights='importance' needs `adata` (the cells' counts); it cannot be used "
+                "with a `dataloader`."
             )
         if library_size != "latent" and (
             isinstance(library_size, bool | str) or not np.isscalar(library_size)
@@ -242,12 +350,20 @@ class RNASeqMixin:
                 )
             return_numpy = True
 
+        importance = weights == "importance"
+        if importance and len(codes) > 1:
+            raise NotImplementedError(
+                "Importance weights cannot be computed when expression levels are averaged across "
+                "batches."
+            )
+        keep_posterior = importance and n_samples_overall is not None
         key, scaling = ("mu", 1.0) if library_size == "latent" else ("scale", library_size)
         parts = []
+        qz_parts, px_parts, z_parts = [], [], []
         for tensors in loader:
             per_batch = []
             for code in track(codes, disable=silent):
-                _, generative_outputs = self.module.forward(
+                inference_outputs, generative_outputs = self.module.forward(
                     tensors=tensors,
                     inference_kwargs={"n_samples": n_samples},
                     generative_kwargs=self._get_transform_batch_gen_kwargs(code),
@@ -256,13 +372,27 @@ class RNASeqMixin:
                 px = generative_outputs["px"]
                 values = px if isinstance(px, torch.Tensor) else px.get_normalized(key)
                 per_batch.append(values[..., gene_mask] * scaling)
+            if keep_posterior:
+                qz_parts.append(_distribution_to(inference_outputs["qz"], "cpu"))
+                px_parts.append(_distribution_to(generative_outputs["px"], "cpu"))
+                z_parts.append(inference_outputs["z"].cpu())
             parts.append(torch.stack(per_batch).mean(0).cpu().numpy())
         cell_axis = 1 if n_samples > 1 else 0
         exprs = np.concatenate(parts, axis=cell_axis)
 
         if n_samples_overall is not None:
             flat = exprs.reshape(-1, exprs.shape[-1])
-            exprs = flat[_choice(flat.shape[0], n_samples_overall)]
+            probs = None
+            if keep_posterior:
+                probs = self.get_importance_weights(
+                    adata,
+                    indices,
+                    qz=_concat_distributions(qz_parts, axis=0),
+                    px=_concat_distributions(px_parts, axis=cell_axis),
+                    zs=torch.cat(z_parts, dim=cell_axis),
+                    **importance_weighting_kwargs,
+                )
+            exprs = flat[_choice(flat.shape[0], n_samples_overall, p=probs)]
             if return_numpy is False and dataloader is None:
                 return pd.DataFrame(exprs, columns=adata.var_names[gene_mask])
             return exprs
@@ -274,11 +404,134 @@ class RNASeqMixin:
             )
         return exprs
 
-    def get_importance_weights(self, *args: Any, **kwargs: Any) -> np.ndarray:
-        """Importance weights of posterior samples (not implemented in scvi-rs)."""
-        raise NotImplementedError(
-            "Importance weighting is not implemented in scvi-rs; use weights='uniform'."
+    @torch.inference_mode()
+    def get_importance_weights(
+        self,
+        adata: AnnData | None,
+        indices: Sequence[int] | None,
+        qz: torch.distributions.Distribution,
+        px: torch.distributions.Distribution,
+        zs: torch.Tensor,
+        max_cells: int = 1024,
+        truncation: bool = False,
+        n_mc_samples: int = 500,
+        n_mc_samples_per_pass: int = 250,
+        **data_loader_kwargs: Any,
+    ) -> np.ndarray:
+        r"""Self-normalised importance weights of posterior samples of a group of cells.
+
+        The samples ``zs`` were drawn from the mixture of the cells' variational posteriors
+        :math:`\sum_n q(z \mid x_n)`; each is reweighted towards the mixture of their true
+        posteriors :math:`\sum_a p(z \mid x_a) = \sum_a p(z) p(x_a \mid z) / p(x_a)` over
+        up to ``max_cells`` anchor cells, so that latent codes that explain many cells of the
+        group well weigh more. :math:`\log p(x_a)` is estimated with
+        :meth:`get_marginal_ll`; the prior is a standard normal.
+
+        Parameters
+        ----------
+        adata
+            AnnData set up like the model's; the model's own by default.
+        indices
+            The group's cells, aligned with the cell axis of ``qz``, ``px`` and ``zs``.
+        qz
+            Variational posteriors of the cells (batch shape ``(n_cells, n_latent)``).
+        px
+            Count distributions of the samples (``(n_cells, n_genes)`` or
+            ``(n_samples, n_cells, n_genes)``), with a normalised mean ``scale``.
+        zs
+            Latent samples, ``(n_cells, n_latent)`` or ``(n_samples, n_cells, n_latent)``.
+        max_cells
+            Largest number of anchor cells (drawn at random without replacement).
+        truncation
+            Raise every log weight below the log of the mean weight to it, as the reference
+            does, to reduce the estimator's variance.
+        n_mc_samples
+            Importance samples of each anchor's marginal log-likelihood.
+        n_mc_samples_per_pass
+            Of these, how many are drawn at once.
+        **data_loader_kwargs
+            Arguments of the loader of the anchors' counts.
+
+        Returns
+        -------
+        numpy.ndarray
+            ``(n_samples * n_cells,)`` weights summing to one, in the order of
+            ``zs.reshape(-1, n_latent)``.
+        """
+        adata = self._validate_anndata(adata)
+        indices = _as_indices(adata, indices)
+        n_cells = len(indices)
+        if zs.shape[-2] != n_cells or qz.batch_shape[0] != n_cells:
+            raise ValueError(
+                f"`qz` and `zs` must have one entry per cell of `indices` ({n_cells}); got "
+                f"{qz.batch_shape[0]} and {zs.shape[-2]}."
+            )
+        if n_cells > max_cells:
+            anchors = np.random.choice(n_cells, size=max_cells, replace=False)  # noqa: NPY002
+        else:
+            anchors = np.arange(n_cells)
+        anchor_cells = indices[anchors]
+        device = self.device
+
+        log_px = torch.as_tensor(
+            self.get_marginal_ll(
+                adata,
+                indices=anchor_cells,
+                return_mean=False,
+                n_mc_samples=n_mc_samples,
+                n_mc_samples_per_pass=n_mc_samples_per_pass,
+            ),
+            device=device,
+        ).reshape(1, -1)
+        zs = zs.to(device)
+        log_pz = torch.distributions.Normal(0.0, 1.0).log_prob(zs).sum(-1)
+        qz_anchor = _subset_distribution(_distribution_to(qz, device), anchors, axis=0)
+        log_qz = qz_anchor.log_prob(zs.unsqueeze(-2)).sum(-1)
+        log_px_z = self._anchor_log_likelihoods(
+            adata, anchor_cells, _distribution_to(px, device), **data_loader_kwargs
         )
+
+        n_anchors = len(anchors)
+        log_weights = torch.logsumexp(
+            log_pz.reshape(-1, 1) + log_px_z.reshape(-1, n_anchors) - log_px, dim=1
+        ) - torch.logsumexp(log_qz.reshape(-1, n_anchors), dim=1)
+        log_weights = log_weights.double()
+        if truncation:
+            log_mean = torch.logsumexp(log_weights, 0) - np.log(log_weights.shape[0])
+            log_weights = torch.clamp(log_weights, min=log_mean)
+        probs = torch.exp(log_weights - torch.logsumexp(log_weights, 0)).cpu().numpy()
+        # np.random.choice checks the sum to ~1e-8; renormalise in float64.
+        return probs / probs.sum()
+
+    def _anchor_log_likelihoods(
+        self,
+        adata: AnnData,
+        anchor_cells: np.ndarray,
+        px: torch.distributions.Distribution,
+        **data_loader_kwargs: Any,
+    ) -> torch.Tensor:
+        """``log p(x_a | z)`` of every anchor's counts under every sample's decoded mean.
+
+        Each sample's normalised mean is scaled to the anchor's observed library size.
+        Returns ``(..., n_cells, n_anchors)`` (the leading shape of ``px`` without genes).
+        Anchors are evaluated in chunks of about ``_ANCHOR_CHUNK_ELEMENTS`` values.
+        """
+        # Not ``px.batch_shape``: count distributions here do not all set it.
+        shape = torch.broadcast_shapes(*(v.shape for v in _distribution_params(px).values()))
+        chunk = max(1, _ANCHOR_CHUNK_ELEMENTS // max(1, shape.numel()))
+        # Anchor counts broadcast against every leading (sample, cell) axis of ``px``.
+        view = (-1,) + (1,) * (len(shape) - 1) + (shape[-1],)
+        library_view = (-1,) + (1,) * len(shape)
+        loader = self._make_data_loader(adata=adata, indices=anchor_cells, **data_loader_kwargs)
+        columns = []
+        for tensors in loader:
+            counts = tensors[REGISTRY_KEYS.X_KEY].to(self.device)
+            for x_anchors in torch.split(counts, chunk):
+                libraries = x_anchors.sum(-1).reshape(library_view)
+                px_anchors = _with_library(px, libraries)
+                log_lik = px_anchors.log_prob(x_anchors.reshape(view)).sum(-1)
+                columns.append(torch.movedim(log_lik, 0, -1))
+        return torch.cat(columns, dim=-1)
 
     # -- differential expression -----------------------------------------------------------
     def differential_expression(
@@ -342,11 +595,12 @@ class RNASeqMixin:
         silent
             Hide the progress bar.
         weights
-            ``"uniform"`` (``"importance"`` raises NotImplementedError).
+            ``"uniform"`` or ``"importance"`` (posterior samples drawn in proportion to
+            :meth:`get_importance_weights`).
         filter_outlier_cells
             Drop latent-space outliers of each group before sampling.
         importance_weighting_kwargs
-            Accepted for compatibility.
+            Passed to :meth:`get_importance_weights`.
         **kwargs
             Passed to :meth:`DifferentialComputation.get_bayes_factors`
             (``n_samples_overall``, ``use_permutation``, ``m_permutation``, ``change_fn``,
@@ -505,13 +759,8 @@ class RNASeqMixin:
                 generative_kwargs=self._get_transform_batch_gen_kwargs(transform_batch),
                 compute_loss=False,
             )
-            px = generative_outputs["px"]
-            if not hasattr(px, "theta"):
-                raise ValueError(
-                    "Denoised samples need a negative-binomial likelihood ('nb' or 'zinb')."
-                )
-            rate = rna_size_factor * px.scale
-            theta = px.theta
+            scale, theta = _denoising_parameters(generative_outputs)
+            rate = rna_size_factor * scale
             if theta.dim() < rate.dim():
                 theta = torch.ones_like(rate) * theta
             p = rate / (rate + theta)
