@@ -13,7 +13,6 @@ from numpy.typing import NDArray
 
 __all__ = [
     "__version__",
-    "build_mapping",
     "debug_build",
     "encode_categorical",
     "factorize",
@@ -71,11 +70,8 @@ def gather_dense_rows(
 def encode_categorical(values: Any, mapping: Any) -> NDArray[np.int32]:
     """int32 codes of 1-D ``values`` (str/object, int, float or bool array; lists are passed through numpy.asarray) in ``mapping``; ValueError names unknown values, None/NaN or duplicate categories."""
 
-def build_mapping(values: Any) -> NDArray[Any]:
-    """Categories of ``pd.Categorical(values)``: sorted distinct values as object (str), int64, float64 or bool array; ValueError on None/NaN, TypeError on mixed str and numbers."""
-
 def factorize(values: Any) -> tuple[NDArray[Any], NDArray[np.int32]]:
-    """``(build_mapping(values), encode_categorical(values, mapping))`` in one pass: the categories of ``pd.Categorical(values)`` and its int32 codes; ValueError on None/NaN, TypeError on mixed str and numbers."""
+    """``(categories, codes)`` of ``pd.Categorical(values)`` in one pass: the sorted distinct values as an object (str), int64, float64 or bool array, and the int32 codes; ValueError on None/NaN, TypeError on mixed str and numbers."""
 
 def registry_fingerprint(json_text: str) -> str:
     """64-char lower-case hex SHA-256 of the canonical JSON (sorted keys, no whitespace, one string escaping; numbers as written); ValueError if invalid JSON."""

@@ -269,20 +269,8 @@ fn categories_array<'py>(
     PyArray1::from_vec(py, i).into_any()
 }
 
-/// The categories pandas gives `pd.Categorical(values)`, as a numpy array.
-#[pyfunction]
-pub fn build_mapping<'py>(
-    py: Python<'py>,
-    values: &Bound<'py, PyAny>,
-) -> PyResult<Bound<'py, PyAny>> {
-    let src = to_source(values, "values")?;
-    let mut kinds = Kinds::default();
-    let (vkeys, _kept) = keys(py, &src, "values", &mut kinds)?;
-    let order = py.detach(|| guarded(|| categorical::build_mapping(&vkeys)))?;
-    Ok(categories_array(py, &src, kinds, &vkeys, &order))
-}
-
-/// `(build_mapping(values), encode_categorical(values, mapping))` in one pass: each value
+/// The categories pandas gives `pd.Categorical(values)` (as a numpy array) and the codes of
+/// `values` in them, in one pass: each value
 /// becomes a key once and is hashed once.
 #[pyfunction]
 pub fn factorize<'py>(

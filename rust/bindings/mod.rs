@@ -14,7 +14,7 @@ use pyo3::prelude::*;
 #[pymodule(gil_used = false)]
 pub mod _core {
     #[pymodule_export]
-    use super::categorical::{build_mapping, encode_categorical, factorize};
+    use super::categorical::{encode_categorical, factorize};
     #[pymodule_export]
     use super::checks::find_invalid_value;
     #[pymodule_export]
