@@ -10,6 +10,9 @@ Two row modes:
   in cache between calls);
 - ``fresh``: a new random batch every call (an epoch's access pattern: cold rows).
 
+The script then runs ``examples/gather_limit.rs``: the same gather beside the memset+scatter
+limit (zero the batch, write each stored value at a precomputed position), in Rust.
+
 Run through pytest-benchmark (``pytest benches/bench_gather.py --benchmark-enable``), or as
 a script for a table of medians (``python benches/bench_gather.py``).
 """
@@ -118,5 +121,16 @@ def main() -> None:
                 )
 
 
+def limit_table() -> None:
+    """The Rust gather beside its memset+scatter limit (examples/gather_limit.rs), same run."""
+    import subprocess
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    cmd = ["cargo", "run", "-q", "--release", "--no-default-features", "--example"]
+    subprocess.run([*cmd, "gather_limit"], cwd=repo, check=True)
+
+
 if __name__ == "__main__":
     main()
+    limit_table()
