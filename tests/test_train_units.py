@@ -67,13 +67,16 @@ def test_epoch_accumulator_weighted_means_on_device_values():
 
 def test_simple_logger_history_layout():
     logger = SimpleLogger()
-    logger.log_metrics({"elbo_train": 3.0}, 0)
-    logger.log_metrics({"elbo_train": 2.0}, 1)
-    logger.log_metrics({"elbo_train": 1.5}, 1)  # last value of the epoch wins
+    logger.log_metrics({"elbo_train": 3.0, "epoch": 0}, step=7)
+    logger.log_metrics({"elbo_train": 2.0, "epoch": 1}, step=9)
+    logger.log_metrics({"elbo_train": 1.5, "epoch": 1}, step=11)  # last value of the epoch wins
     df = logger.history["elbo_train"]
     assert list(df.columns) == ["elbo_train"]
     assert df.index.name == "epoch"
     assert df["elbo_train"].tolist() == [3.0, 1.5]
+    # without an "epoch" entry, values are indexed by the step (Lightning's logger call)
+    logger.log_metrics({"train_loss_step": 4.0}, step=3)
+    assert logger.history["train_loss_step"].index.name == "step"
 
 
 class _FakeTrainer:

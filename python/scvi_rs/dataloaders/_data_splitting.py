@@ -201,11 +201,6 @@ class DataSplitter:
                 self.train_size_is_none,
             )
 
-    @property
-    def n_obs(self) -> int:
-        """Number of cells of the registered AnnData."""
-        return self.adata_manager.adata.n_obs
-
     def setup(self, stage: str | None = None) -> None:
         """Draw ``train_idx``, ``val_idx`` and ``test_idx``."""
         if self._external_sets is not None:

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
-from ._callbacks import Callback, LearningRateMonitor, LoudEarlyStopping
+from ._callbacks import (
+    Callback,
+    LearningRateMonitor,
+    LoudEarlyStopping,
+    SaveCheckpoint,
+    ScibCallback,
+)
 from ._config import KwargsConfig, TrainerConfig, TrainingPlanConfig, merge_kwargs
 from ._constants import METRIC_KEYS
 from ._device import parse_device_args
 from ._logger import SimpleLogger
 from ._semisupervised_trainingplan import SemiSupervisedTrainingPlan
+from ._strategy import Strategy
 from ._trainer import Trainer
 from ._trainingplans import TrainingPlan
 from ._trainrunner import TrainRunner
@@ -18,8 +25,11 @@ __all__ = [
     "KwargsConfig",
     "LearningRateMonitor",
     "LoudEarlyStopping",
+    "SaveCheckpoint",
+    "ScibCallback",
     "SemiSupervisedTrainingPlan",
     "SimpleLogger",
+    "Strategy",
     "TrainRunner",
     "Trainer",
     "TrainerConfig",

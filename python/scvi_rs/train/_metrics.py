@@ -89,3 +89,60 @@ class EpochAccumulator:
 
     def __contains__(self, name: str) -> bool:
         return name in self._sums
+
+
+class StepValues:
+    """Values logged at single steps, kept (on the device) until the epoch's metrics are read.
+
+    Each entry is ``(name, index_name, index, value)``: the value of ``name`` at ``index`` of an
+    ``"epoch"`` or ``"step"`` axis. :meth:`drain` converts every tensor value in one host
+    transfer.
+    """
+
+    def __init__(self) -> None:
+        self._entries: list[tuple[str, str, int, torch.Tensor | float]] = []
+
+    def add(self, name: str, index_name: str, index: int, value: torch.Tensor | float) -> None:
+        """Keep ``value`` of ``name`` at ``index`` (of the ``index_name`` axis).
+
+        Parameters
+        ----------
+        name
+            Metric name.
+        index_name
+            ``"epoch"`` or ``"step"``.
+        index
+            Position on that axis.
+        value
+            A 0-d tensor or a number.
+        """
+        if isinstance(value, torch.Tensor):
+            value = value.detach().reshape(())
+        self._entries.append((name, index_name, int(index), value))
+
+    def drain(self) -> list[tuple[str, str, int, float]]:
+        """Return the kept entries with float values, and forget them.
+
+        Returns
+        -------
+        list
+            ``(name, index_name, index, value)`` in the order they were added.
+        """
+        entries, self._entries = self._entries, []
+        tensors = [v for *_, v in entries if isinstance(v, torch.Tensor)]
+        floats = iter(_tensors_to_floats(tensors))
+        return [
+            (name, index_name, index, next(floats) if isinstance(v, torch.Tensor) else float(v))
+            for name, index_name, index, v in entries
+        ]
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
+def _tensors_to_floats(tensors: list[torch.Tensor]) -> list[float]:
+    if not tensors:
+        return []
+    device = tensors[0].device
+    stacked = torch.stack([t.to(device=device, dtype=torch.float64) for t in tensors])
+    return stacked.cpu().tolist()

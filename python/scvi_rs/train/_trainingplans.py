@@ -167,9 +167,12 @@ class TrainingPlan:
         self.on_step = on_step
         self.on_epoch = on_epoch
         self.loss_kwargs = dict(loss_kwargs)
-        self._forward = module
+        # What `forward` calls: the module, its compiled form, or a data-parallel wrapper the
+        # trainer installs for the length of `fit`.
+        self.forward_module: Callable[..., Any] = module
         if compile:
-            self._forward = torch.compile(module, **(compile_kwargs or {}))
+            self.forward_module = torch.compile(module, **(compile_kwargs or {}))
+        self.automatic_optimization = True
 
         self.current_epoch = 0
         self.global_step = 0
@@ -183,9 +186,11 @@ class TrainingPlan:
         self._n_obs_validation: int | None = None
         self.trainer: Trainer | None = None
         self._epoch_metrics: dict[str, EpochAccumulator] = {}
+        # names logged both per step and per epoch, per stage: their epoch means are
+        # logged as `<name>_epoch` and are also what `callback_metrics[<name>]` holds
+        self._forked_names: dict[str, set[str]] = {}
         self.initialize_train_metrics()
         self.initialize_val_metrics()
-        self._mode = "train"
 
     # -- properties the trainer and callers read -------------------------------------
     @property
@@ -231,17 +236,25 @@ class TrainingPlan:
         return False
 
     # -- logging -------------------------------------------------------------------------
+    def _stage(self) -> str:
+        trainer = self.trainer
+        return "validation" if trainer is not None and trainer.validating else "train"
+
     def log(
         self,
         name: str,
         value: torch.Tensor | float,
         on_step: bool | None = None,
-        on_epoch: bool | None = True,
+        on_epoch: bool | None = None,
         batch_size: int | None = None,
         prog_bar: bool = False,
         **kwargs: Any,
     ) -> None:
         """Log a value: averaged over the epoch (weighted by ``batch_size``) and/or per step.
+
+        As in Lightning, a value logged both per step and per epoch is recorded as
+        ``<name>_step`` and ``<name>_epoch`` (``callback_metrics[name]`` holds the epoch
+        mean); logged one way only, it is recorded as ``name``.
 
         Parameters
         ----------
@@ -250,25 +263,71 @@ class TrainingPlan:
         value
             0-d tensor or number; tensors stay on the device until the epoch ends.
         on_step
-            Record the value at logging steps (every ``log_every_n_steps``).
+            Record the value at single steps: training steps every ``log_every_n_steps``
+            (indexed by epoch), validation steps each batch (indexed by step). By default
+            True in training steps and False elsewhere, as in Lightning.
         on_epoch
-            Record the epoch's weighted mean.
+            Record the epoch's weighted mean. By default the opposite of ``on_step``'s
+            default.
         batch_size
             Weight of the value in the epoch mean (default 1).
         prog_bar
-            Show in the progress bar (the epoch mean is shown).
+            Accepted for Lightning compatibility (the bar shows ``train_loss``).
         **kwargs
             Accepted for Lightning compatibility (``sync_dist``, ...).
         """
+        step_default = self.trainer is not None and self.trainer.in_training_step
+        on_step = step_default if on_step is None else on_step
+        on_epoch = (not step_default) if on_epoch is None else on_epoch
+        self._record(name, value, self._stage(), on_step, on_epoch, batch_size or 1)
+
+    def _record(
+        self,
+        name: str,
+        value: torch.Tensor | float,
+        stage: str,
+        on_step: bool,
+        on_epoch: bool,
+        weight: torch.Tensor | float,
+    ) -> None:
+        forked = bool(on_step and on_epoch)
         if on_epoch:
-            self._epoch_metrics[self._mode].update(name, value, batch_size or 1)
+            if forked:
+                self._forked_names.setdefault(stage, set()).add(name)
+            accumulator = self._epoch_metrics.setdefault(stage, EpochAccumulator())
+            accumulator.update(f"{name}_epoch" if forked else name, value, weight)
         if on_step and self.trainer is not None:
-            self.trainer._log_step_value(name, value)
+            self.trainer.log_step_value(f"{name}_step" if forked else name, value)
 
     def log_dict(self, values: dict[str, Any], **kwargs: Any) -> None:
         """Log every item of ``values`` with :meth:`log`."""
         for key, value in values.items():
             self.log(key, value, **kwargs)
+
+    def flush_epoch_metrics(self, stage: str) -> tuple[dict[str, float], dict[str, float]]:
+        """Read the epoch means of ``stage`` (one host transfer) and start the next epoch afresh.
+
+        Parameters
+        ----------
+        stage
+            ``"train"`` or ``"validation"``.
+
+        Returns
+        -------
+        tuple of dict
+            The values to log (history names) and the values for ``callback_metrics`` (the
+            same, plus each forked name's epoch mean under its plain name).
+        """
+        accumulator = self._epoch_metrics.get(stage)
+        if accumulator is None:
+            return {}, {}
+        logged = accumulator.compute()
+        accumulator.reset()
+        callback = dict(logged)
+        for name in self._forked_names.get(stage, ()):
+            if f"{name}_epoch" in logged:
+                callback[name] = logged[f"{name}_epoch"]
+        return logged, callback
 
     # -- steps -------------------------------------------------------------------------
     def forward(self, *args: Any, **kwargs: Any) -> Any:
@@ -277,7 +336,7 @@ class TrainingPlan:
             kwargs.setdefault(
                 "get_inference_input_kwargs", {"full_forward_pass": not self.update_only_decoder}
             )
-        return self._forward(*args, **kwargs)
+        return self.forward_module(*args, **kwargs)
 
     __call__ = forward
 
@@ -310,6 +369,9 @@ class TrainingPlan:
             batch_size=n_obs,
             prog_bar=True,
         )
+        if self.on_step and self.trainer is not None:
+            # every step, indexed by the step (the reference logs this one by hand)
+            self.trainer.log_step_metrics({"train_loss_step": loss_output.loss}, self.global_step)
         self.compute_and_log_metrics(loss_output, None, "train")
         return loss_output.loss
 
@@ -325,7 +387,13 @@ class TrainingPlan:
         """
         _, _, loss_output = self.forward(batch, loss_kwargs=self.loss_kwargs)
         n_obs = self._minibatch_size(loss_output, batch)
-        self.log("validation_loss", loss_output.loss, on_epoch=True, batch_size=n_obs)
+        self.log(
+            "validation_loss",
+            loss_output.loss,
+            on_step=self.on_step,
+            on_epoch=self.on_epoch,
+            batch_size=n_obs,
+        )
         self.compute_and_log_metrics(loss_output, None, "validation")
 
     @staticmethod
@@ -350,17 +418,27 @@ class TrainingPlan:
         mode
             ``"train"`` or ``"validation"``; metric names get this suffix.
         """
-        acc = self._epoch_metrics[mode]
         n_obs = self._minibatch_size(loss_output, {})
-        rec = _sum_or_record(loss_output, "reconstruction_loss_sum", "reconstruction_loss")
-        kl_local = _sum_or_record(loss_output, "kl_local_sum", "kl_local")
-        kl_global = _sum_or_record(loss_output, "kl_global_sum", "kl_global")
-        n_total = self.n_obs_training if mode == "train" else self.n_obs_validation
-        n_total = n_total if n_total is not None and n_total >= 1 else 1
-        acc.add(f"elbo_{mode}", rec + kl_local + kl_global / n_total, n_obs)
-        acc.add(f"reconstruction_loss_{mode}", rec, n_obs)
-        acc.add(f"kl_local_{mode}", kl_local, n_obs)
-        acc.add(f"kl_global_{mode}", kl_global, 1)
+        if self.on_epoch:
+            # The ELBO terms are epoch means (the reference's torchmetrics objects): never
+            # per step; `_epoch` names when `on_step` forks the logged values.
+            acc = self._epoch_metrics.setdefault(mode, EpochAccumulator())
+            suffix = "_epoch" if self.on_step else ""
+            rec = _sum_or_record(loss_output, "reconstruction_loss_sum", "reconstruction_loss")
+            kl_local = _sum_or_record(loss_output, "kl_local_sum", "kl_local")
+            kl_global = _sum_or_record(loss_output, "kl_global_sum", "kl_global")
+            n_total = self.n_obs_training if mode == "train" else self.n_obs_validation
+            n_total = n_total if n_total is not None and n_total >= 1 else 1
+            elbo = rec + kl_local + kl_global / n_total
+            for name, numerator, denominator in (
+                ("elbo", elbo, n_obs),
+                ("reconstruction_loss", rec, n_obs),
+                ("kl_local", kl_local, n_obs),
+                ("kl_global", kl_global, 1),
+            ):
+                acc.add(f"{name}_{mode}{suffix}", numerator, denominator)
+                if suffix:
+                    self._forked_names.setdefault(mode, set()).add(f"{name}_{mode}")
         for key, value in (getattr(loss_output, "extra_metrics", None) or {}).items():
             if isinstance(value, torch.Tensor) and value.dim() != 0:
                 warnings.warn(
@@ -369,7 +447,9 @@ class TrainingPlan:
                     stacklevel=settings.warnings_stacklevel,
                 )
                 continue
-            acc.update(f"{key}_{mode}", value, 1)
+            self._record(
+                f"{key}_{mode}", value, mode, bool(self.on_step), bool(self.on_epoch), n_obs
+            )
 
     def initialize_train_metrics(self) -> None:
         """Start the training ELBO metrics afresh (the reference's torchmetrics hook)."""
@@ -379,11 +459,106 @@ class TrainingPlan:
         """Start the validation ELBO metrics afresh (the reference's torchmetrics hook)."""
         self._epoch_metrics["validation"] = EpochAccumulator()
 
+    # -- hooks the trainer calls (Lightning's names; no-ops to override) ------------------
+    def setup(self, stage: str) -> None:
+        """Run when ``fit`` begins."""
+
+    def teardown(self, stage: str) -> None:
+        """Run when ``fit`` ends."""
+
+    def on_fit_start(self) -> None:
+        """Run when fitting starts."""
+
+    def on_fit_end(self) -> None:
+        """Run when fitting ends."""
+
+    def on_train_start(self) -> None:
+        """Run once before the first epoch."""
+
+    def on_train_end(self) -> None:
+        """Run once after the last epoch."""
+
+    def on_train_epoch_start(self) -> None:
+        """Run before each training epoch."""
+
     def on_train_epoch_end(self) -> None:
-        """Hook run after each training epoch (metrics are flushed by the trainer)."""
+        """Run after each training epoch, before its metrics are logged."""
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> int | None:
+        """Run before each training step; returning ``-1`` ends the epoch."""
+        return None
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        """Run after each optimizer step."""
+
+    def on_validation_start(self) -> None:
+        """Run before each validation pass."""
+
+    def on_validation_end(self) -> None:
+        """Run after each validation pass."""
+
+    def on_validation_epoch_start(self) -> None:
+        """Run before the first validation batch."""
 
     def on_validation_epoch_end(self) -> None:
-        """Hook run after each validation pass."""
+        """Run after each validation pass, before its metrics are logged."""
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Run when the trainer writes a checkpoint; may add entries to it."""
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Run when the trainer resumes from ``checkpoint``."""
+
+    # -- state and manual optimisation -----------------------------------------------------
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """The module's weights under ``module.`` keys (a Lightning checkpoint's ``state_dict``).
+
+        Returns
+        -------
+        dict
+            Parameter and buffer name to tensor.
+        """
+        return {f"module.{k}": v for k, v in self.module.state_dict().items()}
+
+    def load_state_dict(self, state_dict: dict[str, torch.Tensor], strict: bool = True) -> Any:
+        """Load weights saved by :meth:`state_dict` (``module.`` keys) into the module.
+
+        Parameters
+        ----------
+        state_dict
+            ``module.``-prefixed parameter and buffer names to tensors.
+        strict
+            Require exactly the module's keys.
+
+        Returns
+        -------
+        NamedTuple
+            ``missing_keys`` and ``unexpected_keys``, as :meth:`torch.nn.Module.load_state_dict`.
+        """
+        prefix = "module."
+        stray = [k for k in state_dict if not k.startswith(prefix)]
+        if stray and strict:
+            raise KeyError(f"state_dict keys without the 'module.' prefix: {stray[:5]}")
+        weights = {k[len(prefix) :]: v for k, v in state_dict.items() if k.startswith(prefix)}
+        return self.module.load_state_dict(weights, strict=strict)
+
+    def optimizers(self) -> torch.optim.Optimizer | list[torch.optim.Optimizer]:
+        """The trainer's optimizer(s), for plans with ``automatic_optimization = False``."""
+        if self.trainer is None:
+            raise RuntimeError("The plan is not attached to a trainer; call Trainer.fit first.")
+        optimizers = self.trainer.optimizers
+        return optimizers[0] if len(optimizers) == 1 else optimizers
+
+    def lr_schedulers(self) -> Any:
+        """The trainer's learning-rate scheduler(s), or None."""
+        if self.trainer is None or not self.trainer.lr_scheduler_configs:
+            return None
+        schedulers = [config.scheduler for config in self.trainer.lr_scheduler_configs]
+        return schedulers[0] if len(schedulers) == 1 else schedulers
+
+    def manual_backward(self, loss: torch.Tensor, *args: Any, **kwargs: Any) -> None:
+        """Back-propagate ``loss`` (for plans that step their optimizers themselves)."""
+        loss.backward(*args, **kwargs)
 
     # -- optimisation ------------------------------------------------------------------
     def get_optimizer_creator(self) -> Callable[[Iterable[torch.Tensor]], torch.optim.Optimizer]:

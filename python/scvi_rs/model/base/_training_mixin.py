@@ -59,6 +59,27 @@ class UnsupervisedTrainingMixin:
     _training_plan_cls = TrainingPlan
     _train_runner_cls = TrainRunner
 
+    def _module_from_datamodule(self, datamodule: Any) -> torch.nn.Module:
+        """Build the module of a model created without AnnData from the data module's sizes.
+
+        The data module must tell ``n_vars`` and ``n_batch``; ``n_labels``,
+        ``n_continuous_cov`` and ``n_cats_per_cov`` are optional.
+        """
+        missing = [name for name in ("n_vars", "n_batch") if not hasattr(datamodule, name)]
+        if missing:
+            raise AttributeError(
+                f"The model was built without AnnData, so its module is sized from the "
+                f"datamodule, which lacks {', '.join(missing)}."
+            )
+        return self._module_cls(
+            datamodule.n_vars,
+            n_batch=datamodule.n_batch,
+            n_labels=getattr(datamodule, "n_labels", 1),
+            n_continuous_cov=getattr(datamodule, "n_continuous_cov", 0),
+            n_cats_per_cov=getattr(datamodule, "n_cats_per_cov", None),
+            **getattr(self, "_module_kwargs", {}),
+        )
+
     def train(
         self,
         max_epochs: int | None = None,
@@ -113,6 +134,11 @@ class UnsupervisedTrainingMixin:
         **trainer_kwargs
             Trainer arguments (``check_val_every_n_epoch``, ``early_stopping_patience``, ...).
         """
+        if datamodule is None and getattr(self, "adata_manager", None) is None:
+            raise AttributeError(
+                "The model was built without AnnData; pass the training data as "
+                "`datamodule=` (e.g. a DataSplitter of a registered AnnData)."
+            )
         if max_epochs is None:
             if datamodule is None:
                 max_epochs = get_max_epochs_heuristic(self.adata.n_obs)
@@ -141,11 +167,9 @@ class UnsupervisedTrainingMixin:
                 **datasplitter_kwargs,
             )
         else:
-            if hasattr(datamodule, "set_split"):
-                datamodule.set_split(train_size, validation_size, shuffle_set_split)
-            if hasattr(datamodule, "set_batch_size"):
-                datamodule.set_batch_size(batch_size)
             self._datamodule = datamodule
+            if getattr(self, "module", None) is None:
+                self.module = self._module_from_datamodule(datamodule)
         if getattr(self, "module", None) is None:
             raise ValueError(
                 "The model has no module; build it from AnnData before calling train()."
