@@ -145,3 +145,27 @@ def test_var_names_in_another_order_are_named_in_the_error():
     adata.var_names = np.concatenate([genes[1:], ["other"]])
     with pytest.raises(ValueError, match=r"not saved: \['other'\]; missing: \['gene0'\]"):
         _validate_var_names(adata, genes)
+
+
+def test_legacy_non_zip_torch_format_is_refused(tmp_path, saved_model):
+    target = tmp_path / "legacy_format"
+    target.mkdir()
+    torch.save({"a": torch.zeros(2)}, target / "model.pt", _use_new_zipfile_serialization=False)
+    with pytest.raises(ValueError, match="not a zip-format torch file"):
+        scvi_rs.model.SCVI.load(str(target), adata=saved_model[1].copy())
+
+
+def test_storage_larger_than_its_record_is_refused_without_allocating(tmp_path):
+    path = tmp_path / "model.pt"
+    torch.save({"w": torch.zeros(4)}, path)
+    with zipfile.ZipFile(path) as src:
+        records = {info.filename: src.read(info) for info in src.infolist()}
+    name = next(n for n in records if n.endswith("data.pkl"))
+    # the storage now claims 2**30 elements (4 GiB) while its record holds 16 bytes
+    forged = records[name].replace(b"K\x04tq", b"J\x00\x00\x00\x40tq")
+    assert forged != records[name]
+    with zipfile.ZipFile(path, "w") as dst:
+        for n, data in records.items():
+            dst.writestr(n, forged if n == name else data)
+    with pytest.raises(ValueError, match="corrupt or truncated"):
+        safe_torch_load(path)

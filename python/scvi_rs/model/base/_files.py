@@ -161,10 +161,19 @@ def check_regular_file(path: str | os.PathLike, what: str = "file") -> None:
 
 
 def _check_zip_records(path: str | os.PathLike) -> None:
-    """Refuse compressed records: ``torch.save`` stores every record uncompressed, and a
-    deflated one lets a small file inflate to any size while it is read."""
+    """Refuse what lets a small file allocate without bound while it is read.
+
+    ``torch.save`` stores every record uncompressed (a deflated one inflates to any size),
+    and torch checks each storage's claimed size against its record (so the zip format's
+    sizes are bounded by the file); the pre-1.6 format is refused.
+    """
     if not zipfile.is_zipfile(path):
-        return  # torch's legacy (pre-1.6) format, or not a torch file: torch.load decides
+        # torch's pre-1.6 format allocates each storage at the size its pickle claims before
+        # reading it from the file, so a few bytes can ask for terabytes: not read at all.
+        raise ValueError(
+            f"Refusing to load {path}: it is not a zip-format torch file (torch >= 1.6 writes "
+            "nothing else; re-save it with a current torch)."
+        )
     try:
         with zipfile.ZipFile(path) as archive:
             infos = archive.infolist()
