@@ -13,7 +13,7 @@ from scvi_rs import REGISTRY_KEYS
 from scvi_rs.data import AnnDataManager
 from scvi_rs.data.fields import CategoricalObsField, LayerField, NumericalObsField
 from scvi_rs.dataloaders import AnnDataLoader, DataSplitter, DeviceBackedDataSplitter
-from scvi_rs.dataloaders._device_backed import DeviceBackedLoader, DeviceCSR
+from scvi_rs.dataloaders._device_backed import DeviceBackedLoader, DeviceCSR, shard_epoch_order
 
 DEVICES = ["cpu", *(["cuda"] if torch.cuda.is_available() else [])]
 
@@ -130,7 +130,7 @@ def test_model_trains_on_a_device_backed_datamodule():
     np.testing.assert_array_equal(model.train_indices, datamodule.train_idx)
 
 
-def test_replicas_share_each_epoch_without_overlap():
+def test_replicas_share_each_epoch_with_the_host_samplers_tail_policy():
     manager = make_manager(counts(n=301))
     scvi_rs.settings.seed = 0
     splitter = DeviceBackedDataSplitter(
@@ -143,8 +143,23 @@ def test_replicas_share_each_epoch_without_overlap():
         generator = torch.Generator()
         generator.manual_seed(0)  # every process seeds alike
         loader = DeviceBackedLoader(dense, csr, n_obs, 32, True, False, generator, 2, rank)
-        assert len(loader) == 5  # 150 cells each: the odd cell of 301 is dropped
+        assert len(loader) == 5  # 151 cells each: the epoch's order is padded to 302
         seen.append(torch.cat([b[REGISTRY_KEYS.SIZE_FACTOR_KEY] for b in loader]).ravel())
-    assert len(seen[0]) == len(seen[1]) == 150
+    assert len(seen[0]) == len(seen[1]) == 151
     both = torch.cat(seen).numpy()
-    assert len(np.unique(both)) == 300  # size factors are distinct per cell: no overlap
+    assert len(np.unique(both)) == 301  # size factors are distinct per cell: all cells seen
+    # the same cells per rank as torch's DistributedSampler (the host loader's sampler)
+    order = torch.randperm(301, generator=torch.Generator().manual_seed(0))
+    for rank in (0, 1):
+        sampler = torch.utils.data.DistributedSampler(
+            range(301), num_replicas=2, rank=rank, shuffle=False
+        )
+        host = order[list(sampler)]
+        np.testing.assert_array_equal(shard_epoch_order(order, rank, 2).numpy(), host.numpy())
+
+
+def test_shard_epoch_order_pads_tiny_epochs():
+    order = torch.tensor([7, 3])
+    shards = [shard_epoch_order(order, r, 5).tolist() for r in range(5)]
+    assert shards == [[7], [3], [7], [3], [7]]
+    assert shard_epoch_order(torch.tensor([], dtype=torch.long), 0, 3).tolist() == []

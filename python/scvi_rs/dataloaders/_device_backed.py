@@ -109,8 +109,8 @@ class DeviceBackedLoader:
         Generator of the permutations (seeded alike in every process).
     num_replicas, rank
         Share of the cells this loader yields when several processes train together
-        (every ``num_replicas``-th cell of the epoch's order, from ``rank``); by default
-        taken from ``torch.distributed`` (one share when it is not running).
+        (see :func:`shard_epoch_order`); by default taken from ``torch.distributed`` (one
+        share when it is not running).
     """
 
     def __init__(
@@ -139,8 +139,9 @@ class DeviceBackedLoader:
             num_replicas = torch.distributed.get_world_size() if distributed else 1
             rank = torch.distributed.get_rank() if distributed else 0
         self.num_replicas, self.rank = int(num_replicas), int(rank)
-        # every replica gets the same number of cells (the order's tail is dropped)
-        self.n_local = n_obs // self.num_replicas if self.num_replicas > 1 else n_obs
+        # every replica gets the same number of cells: the epoch's order is padded, as
+        # torch's DistributedSampler (and so the host loader) pads it
+        self.n_local = -(-n_obs // self.num_replicas)
 
     def __len__(self) -> int:
         if self.drop_last:
@@ -154,13 +155,29 @@ class DeviceBackedLoader:
         else:
             order = torch.arange(self.n_obs, device=self.device)
         if self.num_replicas > 1:
-            order = order[self.rank :: self.num_replicas][: self.n_local]
+            order = shard_epoch_order(order, self.rank, self.num_replicas)
         for i in range(len(self)):
             rows = order[i * self.batch_size : (i + 1) * self.batch_size]
             batch = {key: value.index_select(0, rows) for key, value in self.dense.items()}
             for key, matrix in self.csr.items():
                 batch[key] = matrix.gather(rows)
             yield batch
+
+
+def shard_epoch_order(order: torch.Tensor, rank: int, num_replicas: int) -> torch.Tensor:
+    """The cells of an epoch's ``order`` that process ``rank`` of ``num_replicas`` trains on.
+
+    The one tail policy of every scvi_rs loader, torch's ``DistributedSampler`` with
+    ``drop_last=False``: the order is padded with its own first cells up to a multiple of
+    ``num_replicas``, then dealt out round-robin, so every process takes the same number of
+    steps and every cell is seen at least once per epoch.
+    """
+    n = order.shape[0]
+    total = -(-n // num_replicas) * num_replicas
+    if total > n and n > 0:
+        repeats = -(-(total - n) // n)
+        order = torch.cat([order, order.repeat(repeats)[: total - n]])
+    return order[rank:total:num_replicas]
 
 
 class DeviceBackedDataSplitter(DataSplitter):
