@@ -1,7 +1,7 @@
 """Data fields: each registers one piece of an AnnData with an ``AnnDataManager``.
 
-MuData wrappers (``MuDataWrapper`` and the ``MuData*`` fields) are not provided: scvi_rs
-registers AnnData objects only.
+The ``MuData*`` fields register the same pieces on one modality of a MuData object
+(``MuDataWrapper`` builds them); they need the ``mudata`` package only to be given a MuData.
 """
 
 from ._arraylike_field import (
@@ -31,6 +31,22 @@ from ._dataframe_field import (
     NumericalVarField,
 )
 from ._layer_field import LayerField
+from ._mudata import BaseMuDataWrapperClass, MuDataWrapper
+from ._mudata_fields import (
+    MuDataCategoricalJointObsField,
+    MuDataCategoricalJointVarField,
+    MuDataCategoricalObsField,
+    MuDataCategoricalVarField,
+    MuDataLabelsWithUnlabeledObsField,
+    MuDataLayerField,
+    MuDataNumericalJointObsField,
+    MuDataNumericalJointVarField,
+    MuDataNumericalObsField,
+    MuDataNumericalVarField,
+    MuDataObsmField,
+    MuDataProteinLayerField,
+    MuDataVarmField,
+)
 from ._uns_field import BaseUnsField, StringUnsField
 
 __all__ = [
@@ -40,6 +56,7 @@ __all__ = [
     "BaseArrayLikeField",
     "BaseDataFrameField",
     "BaseJointField",
+    "BaseMuDataWrapperClass",
     "BaseUnsField",
     "CategoricalDataFrameField",
     "CategoricalJointField",
@@ -49,6 +66,20 @@ __all__ = [
     "CategoricalVarField",
     "LabelsWithUnlabeledObsField",
     "LayerField",
+    "MuDataCategoricalJointObsField",
+    "MuDataCategoricalJointVarField",
+    "MuDataCategoricalObsField",
+    "MuDataCategoricalVarField",
+    "MuDataLabelsWithUnlabeledObsField",
+    "MuDataLayerField",
+    "MuDataNumericalJointObsField",
+    "MuDataNumericalJointVarField",
+    "MuDataNumericalObsField",
+    "MuDataNumericalVarField",
+    "MuDataObsmField",
+    "MuDataProteinLayerField",
+    "MuDataVarmField",
+    "MuDataWrapper",
     "NumericalDataFrameField",
     "NumericalJointField",
     "NumericalJointObsField",
