@@ -13,6 +13,12 @@ from ._config import KwargsConfig, TrainerConfig, TrainingPlanConfig, merge_kwar
 from ._constants import METRIC_KEYS
 from ._device import parse_device_args
 from ._logger import SimpleLogger
+from ._pyro_trainingplan import (
+    LowLevelPyroTrainingPlan,
+    LowLevelPyroTrainingPlanConfig,
+    PyroTrainingPlan,
+    PyroTrainingPlanConfig,
+)
 from ._semisupervised_trainingplan import SemiSupervisedTrainingPlan
 from ._strategy import Strategy
 from ._trainer import Trainer
@@ -25,6 +31,10 @@ __all__ = [
     "KwargsConfig",
     "LearningRateMonitor",
     "LoudEarlyStopping",
+    "LowLevelPyroTrainingPlan",
+    "LowLevelPyroTrainingPlanConfig",
+    "PyroTrainingPlan",
+    "PyroTrainingPlanConfig",
     "SaveCheckpoint",
     "ScibCallback",
     "SemiSupervisedTrainingPlan",

@@ -7,6 +7,12 @@ from ._base_model import BaseModelClass, BaseModelMetaClass
 from ._constants import SAVE_KEYS
 from ._differential import DifferentialComputation
 from ._embeddingmixin import EmbeddingMixin
+from ._pyromixin import (
+    PyroJitGuideWarmup,
+    PyroModelGuideWarmup,
+    PyroSampleMixin,
+    PyroSviTrainMixin,
+)
 from ._rnamixin import RNASeqMixin
 from ._semisupervised_training_mixin import SemisupervisedTrainingMixin
 from ._training_mixin import UnsupervisedTrainingMixin
@@ -41,6 +47,10 @@ __all__ = [
     "BaseModelMetaClass",
     "DifferentialComputation",
     "EmbeddingMixin",
+    "PyroJitGuideWarmup",
+    "PyroModelGuideWarmup",
+    "PyroSampleMixin",
+    "PyroSviTrainMixin",
     "RNASeqMixin",
     "SemisupervisedTrainingMixin",
     "UnsupervisedTrainingMixin",

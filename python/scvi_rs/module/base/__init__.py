@@ -7,11 +7,13 @@ from ._base_module import (
 )
 from ._decorators import auto_move_data
 from ._embedding_mixin import EmbeddingModuleMixin
+from ._pyro import PyroBaseModuleClass
 
 __all__ = [
     "BaseMinifiedModeModuleClass",
     "BaseModuleClass",
     "EmbeddingModuleMixin",
     "LossOutput",
+    "PyroBaseModuleClass",
     "auto_move_data",
 ]
