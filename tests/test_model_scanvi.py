@@ -302,3 +302,45 @@ def test_from_scvi_model_rejects_other_genes_batches_or_no_labels():
 def test_predict_on_other_genes_is_an_error(trained):
     with pytest.raises(ValueError, match="vars"):
         trained.predict(scvi.data.synthetic_iid(batch_size=10, n_genes=12))
+
+
+# -- parity with scvi-tools (runs where scvi-tools is installed) -------------------------
+def test_scanvae_loss_equals_the_reference_loss():
+    reference = pytest.importorskip("scvi")
+    torch.manual_seed(0)
+    ref = reference.module.SCANVAE(n_input=30, n_batch=3, n_labels=4, n_hidden=16, n_latent=5)
+    ours = SCANVAE(n_input=30, n_batch=3, n_labels=4, n_hidden=16, n_latent=5)
+    ours.load_state_dict(ref.state_dict())
+    ref.eval()
+    ours.eval()
+    tensors = {
+        REGISTRY_KEYS.X_KEY: torch.randint(0, 30, (32, 30)).float(),
+        REGISTRY_KEYS.BATCH_KEY: torch.randint(0, 3, (32, 1)),
+        REGISTRY_KEYS.LABELS_KEY: torch.randint(0, 4, (32, 1)),
+    }
+    loss_kwargs = {"labelled_tensors": tensors, "classification_ratio": 50.0, "kl_weight": 0.5}
+    losses = []
+    for module in (ref, ours):
+        torch.manual_seed(1)
+        losses.append(module(tensors, loss_kwargs=loss_kwargs)[2])
+    assert losses[0].loss.item() == pytest.approx(losses[1].loss.item(), rel=1e-6)
+    torch.testing.assert_close(losses[0].logits, losses[1].logits)
+
+
+def test_splitter_sets_equal_the_reference_sets():
+    reference = pytest.importorskip("scvi")
+    sets = []
+    for lib in (reference, scvi):
+        lib.settings.seed = 7
+        data = lib.data.synthetic_iid(batch_size=37, n_genes=10)
+        data.obs["labels"] = data.obs["labels"].astype(str)
+        data.obs.loc[data.obs.index[::3], "labels"] = "Unknown"
+        lib.model.SCANVI.setup_anndata(data, "labels", "Unknown", batch_key="batch")
+        manager = lib.model.SCANVI._get_most_recent_anndata_manager(data)
+        splitter = lib.dataloaders.SemiSupervisedDataSplitter(
+            manager, train_size=0.5, validation_size=0.3
+        )
+        splitter.setup()
+        sets.append((splitter.train_idx, splitter.val_idx, splitter.test_idx))
+    for ref_set, our_set in zip(*sets, strict=True):
+        np.testing.assert_array_equal(ref_set, our_set)

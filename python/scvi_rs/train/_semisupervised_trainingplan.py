@@ -259,12 +259,15 @@ class SubSampleLabels(Callback):
 
     def on_train_epoch_start(self, trainer: Trainer, pl_module: TrainingPlan) -> None:
         """Call ``resample_labels()`` of the training loader, if it has one."""
-        loader = getattr(trainer, "train_dataloader", None)
-        if loader is None and self.datamodule is not None:
-            loader = getattr(self.datamodule, "last_train_dataloader", None)
-        resample = getattr(loader, "resample_labels", None)
-        if callable(resample):
-            resample()
+        candidates = (
+            getattr(trainer, "train_dataloader", None),
+            getattr(self.datamodule, "last_train_dataloader", None),
+        )
+        for loader in candidates:
+            resample = getattr(loader, "resample_labels", None)
+            if callable(resample):
+                resample()
+                return
 
 
 __all__ = [

@@ -392,6 +392,11 @@ class SemisupervisedTrainingMixin:
         logger.info("Training for %s epochs.", max_epochs)
 
         callbacks = list(trainer_kwargs.pop("callbacks", None) or [])
+        if datamodule is None and self.adata_manager is None:
+            raise ValueError(
+                "The model has no AnnData to train on (it was built from a registry); load it "
+                "with `adata=` or pass a `datamodule`."
+            )
         if datamodule is None:
             datasplitter_kwargs = dict(datasplitter_kwargs or {})
             if is_ddp_strategy(trainer_kwargs.get("strategy")):
