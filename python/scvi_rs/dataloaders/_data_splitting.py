@@ -11,6 +11,7 @@ import torch
 from .. import _core
 from .._settings import settings
 from ._ann_dataloader import AnnDataLoader
+from ._block_loader import BlockLoader, block_loader_kwargs
 
 if TYPE_CHECKING:
     from ..data import AnnDataManager
@@ -147,7 +148,9 @@ class DataSplitter:
     external_indexing
         ``[train, valid, test]`` integer arrays to use instead of the sizes.
     **kwargs
-        Loader arguments (``batch_size``, ``drop_last``, ``num_workers``, ...).
+        Loader arguments (``batch_size``, ``drop_last``, ``num_workers``, ...). ``load_mode``
+        (``"blocks"`` or ``"random"``; blocks by default when X is on disk), ``block_size``
+        and ``shuffle_window`` choose the :class:`~scvi_rs.dataloaders.BlockLoader`.
 
     Notes
     -----
@@ -176,6 +179,7 @@ class DataSplitter:
         self.shuffle_set_split = shuffle_set_split
         self.load_sparse_tensor = load_sparse_tensor
         self.drop_last = kwargs.pop("drop_last", False)
+        self._block_kwargs = block_loader_kwargs(adata_manager, kwargs, self)
         self.data_loader_kwargs = kwargs
         self.pin_memory = pin_memory
         self.external_indexing = external_indexing
@@ -218,6 +222,17 @@ class DataSplitter:
         self.test_idx = indices[n_val + n_train :]
 
     def _loader(self, indices: np.ndarray, shuffle: bool, drop_last: bool) -> AnnDataLoader:
+        if self._block_kwargs is not None:
+            return BlockLoader(
+                self.adata_manager,
+                indices=indices,
+                shuffle=shuffle,
+                drop_last=drop_last,
+                load_sparse_tensor=self.load_sparse_tensor,
+                pin_memory=self.pin_memory,
+                **self._block_kwargs,
+                **self.data_loader_kwargs,
+            )
         return self.data_loader_cls(
             self.adata_manager,
             indices=indices,
