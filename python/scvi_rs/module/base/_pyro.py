@@ -8,7 +8,6 @@ an ``ImportError`` that says what to install.
 from __future__ import annotations
 
 import functools
-import importlib.util
 from abc import abstractmethod
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
@@ -25,8 +24,12 @@ PYRO_INSTALL_HINT = "pip install scvi-rs[pyro]"
 
 
 def pyro_available() -> bool:
-    """Whether ``pyro`` (the ``pyro-ppl`` distribution) can be imported."""
-    return importlib.util.find_spec("pyro") is not None
+    """Whether ``pyro`` (the ``pyro-ppl`` distribution) imports."""
+    try:
+        import pyro  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 def require_pyro(what: str) -> None:
