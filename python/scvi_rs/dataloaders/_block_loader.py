@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import queue
+import stat
 import threading
 import warnings
 import weakref
@@ -49,6 +51,7 @@ _MIN_BLOCK_ROWS = 256
 _POLL_S = 0.5
 _JOIN_TIMEOUT_S = 10.0
 _DONE = object()
+_IN_MEMORY = "<in memory>"
 
 
 # -- where X lives ---------------------------------------------------------------------------
@@ -64,7 +67,18 @@ def _file_name(obj: Any) -> str:
         if root:
             return str(root)
     backing = getattr(obj, "backing_file", None) or getattr(obj, "filename", None)
-    return str(backing) if backing else "<in memory>"
+    return str(backing) if backing else _IN_MEMORY
+
+
+def _path_size(name: str) -> int | None:
+    """Size of a file (0 for a zarr directory); None when the path does not exist."""
+    if name == _IN_MEMORY:
+        return None
+    try:
+        st = os.stat(name)
+    except OSError:
+        return None
+    return 0 if stat.S_ISDIR(st.st_mode) else int(st.st_size)
 
 
 def _backed_sparse_format(obj: Any) -> str | None:
@@ -113,6 +127,24 @@ class _BlockSource:
     def __init__(self, name: str, n_vars: int) -> None:
         self.name = name
         self.n_vars = n_vars
+        self._size = _path_size(name)
+
+    def check_file(self) -> None:
+        """Raise if the file went away or shrank since the loader opened it.
+
+        Reads past the end of a truncated HDF5 file and missing zarr chunks come back as
+        zeros, not errors; one ``stat`` per window turns both into a clear error.
+        """
+        if self._size is None:
+            return
+        size = _path_size(self.name)
+        if size is None:
+            raise FileNotFoundError(f"{self.name} disappeared while X was being read from it.")
+        if size < self._size:
+            raise OSError(
+                f"{self.name} was truncated while X was being read from it "
+                f"({self._size} bytes when opened, {size} now)."
+            )
 
     def row_bytes(self) -> float:
         raise NotImplementedError
@@ -131,9 +163,9 @@ class _CSRBlockSource(_BlockSource):
         super().__init__(name, n_vars)
         self.h_indptr, self.h_indices, self.h_data = indptr, indices, data
         self.n_rows = n_rows
-        if len(indptr) != n_rows + 1:
+        if int(indptr.shape[0]) != n_rows + 1:
             raise ValueError(
-                f"X of {name} is corrupt: indptr has {len(indptr)} entries for {n_rows} rows."
+                f"X of {name} is corrupt: indptr has {indptr.shape[0]} entries for {n_rows} rows."
             )
 
     def row_bytes(self) -> float:
@@ -454,7 +486,13 @@ def _read_windows(
         for plan in plans:
             if stop.is_set():
                 return
-            window = source.read(plan.blocks) if plan.blocks or source.in_place else None
+            window = None
+            if plan.blocks and not source.in_place:
+                source.check_file()
+                window = source.read(plan.blocks)
+                source.check_file()
+            elif source.in_place:
+                window = source.read(plan.blocks)
             if not _put(out, (plan, window), stop):
                 return
     except BaseException as exc:  # forwarded to the consumer, raised there
