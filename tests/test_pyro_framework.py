@@ -422,3 +422,14 @@ def test_on_load_restores_a_given_param_store(counts):
     state = pyro.get_param_store().get_state()
     model.module.on_load(model, pyro_param_store=state)
     assert torch.equal(pyro.param("extra").detach(), torch.tensor([1.5, 2.5]))
+
+
+def test_plans_refuse_data_parallel_runs():
+    from types import SimpleNamespace
+
+    plan = PyroTrainingPlan(RecordingModule(2))
+    plan.trainer = SimpleNamespace(world_size=2)
+    with pytest.raises(NotImplementedError, match="DDP"):
+        plan.setup("fit")
+    plan.trainer = SimpleNamespace(world_size=1)
+    plan.setup("fit")

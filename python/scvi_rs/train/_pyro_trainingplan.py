@@ -159,6 +159,16 @@ class LowLevelPyroTrainingPlan(TrainingPlan):
             return self.trainer.root_device
         return self.module.device
 
+    def setup(self, stage: str) -> None:
+        """Refuse data-parallel runs: Pyro's ELBO calls the model directly, so no wrapper
+        could synchronise the processes' gradients."""
+        trainer = self.trainer
+        if trainer is not None and trainer.world_size > 1:
+            raise NotImplementedError(
+                f"{type(self).__name__} trains on one process; data-parallel (DDP) training "
+                "of Pyro modules is not supported."
+            )
+
     # -- steps ---------------------------------------------------------------------------
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         """Call the module (its Pyro model)."""

@@ -63,6 +63,7 @@ def _auto_move_data_predictive_cls() -> type:
             return super().forward(*args, **kwargs)
 
     AutoMoveDataPredictive.__module__ = __name__
+    AutoMoveDataPredictive.__qualname__ = "AutoMoveDataPredictive"
     return AutoMoveDataPredictive
 
 
