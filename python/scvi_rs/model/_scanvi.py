@@ -11,7 +11,7 @@ import numpy as np
 from .._constants import REGISTRY_KEYS
 from .._settings import settings
 from ..data import AnnDataManager
-from ..data._utils import _is_minified
+from ..data._utils import _get_adata_minify_type, _is_minified
 from ..data.fields import (
     CategoricalJointObsField,
     CategoricalObsField,
@@ -309,8 +309,8 @@ class SCANVI(
         continuous_covariate_keys
             ``obs`` columns of extra continuous covariates.
         use_minified
-            Register the minified version of ``adata`` when possible (minified data is not
-            supported; accepted for compatibility).
+            Register the stored posteriors of a minified ``adata`` (the minification
+            fields) when it is minified.
         **kwargs
             Passed to :meth:`AnnDataManager.register_fields` (``source_registry``,
             ``extend_categories``, ``allow_missing_labels``, ...).
@@ -328,6 +328,9 @@ class SCANVI(
             CategoricalJointObsField(REGISTRY_KEYS.CAT_COVS_KEY, categorical_covariate_keys),
             NumericalJointObsField(REGISTRY_KEYS.CONT_COVS_KEY, continuous_covariate_keys),
         ]
+        minify_type = _get_adata_minify_type(adata)
+        if use_minified and minify_type is not None:  # a minified AnnData: its posteriors too
+            anndata_fields += cls._get_fields_for_adata_minification(minify_type)
         adata_manager = AnnDataManager(fields=anndata_fields, setup_method_args=setup_method_args)
         adata_manager.register_fields(adata, **kwargs)
         cls.register_manager(adata_manager)

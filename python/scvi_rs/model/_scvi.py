@@ -10,6 +10,7 @@ import numpy as np
 from .._constants import REGISTRY_KEYS
 from .._settings import settings
 from ..data import AnnDataManager
+from ..data._utils import _get_adata_minify_type
 from ..data.fields import (
     CategoricalJointObsField,
     CategoricalObsField,
@@ -254,6 +255,9 @@ class SCVI(
             CategoricalJointObsField(REGISTRY_KEYS.CAT_COVS_KEY, categorical_covariate_keys),
             NumericalJointObsField(REGISTRY_KEYS.CONT_COVS_KEY, continuous_covariate_keys),
         ]
+        minify_type = _get_adata_minify_type(adata)
+        if minify_type is not None:  # a minified AnnData: its stored posteriors too
+            anndata_fields += cls._get_fields_for_adata_minification(minify_type)
         adata_manager = AnnDataManager(fields=anndata_fields, setup_method_args=setup_method_args)
         adata_manager.register_fields(adata, **kwargs)
         cls.register_manager(adata_manager)

@@ -39,7 +39,8 @@ def unsupported_if_adata_minified(fn: Callable) -> Callable:
 
     @functools.wraps(fn)
     def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
-        if getattr(self, "minified_data_type", None) is not None:
+        # data minified with their counts still serve every query
+        if getattr(self, "minified_data_type", None) == "latent_posterior_parameters":
             raise ValueError(
                 f"The {fn.__qualname__} function currently does not support minified data."
             )

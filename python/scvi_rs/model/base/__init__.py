@@ -7,6 +7,7 @@ from ._base_model import BaseModelClass, BaseModelMetaClass
 from ._constants import SAVE_KEYS
 from ._differential import DifferentialComputation
 from ._embeddingmixin import EmbeddingMixin
+from ._minification import MinifiedModeMixin, MudataMinifiedModeMixin
 from ._pyromixin import (
     PyroJitGuideWarmup,
     PyroModelGuideWarmup,
@@ -19,24 +20,12 @@ from ._training_mixin import UnsupervisedTrainingMixin
 from ._vaemixin import VAEMixin
 
 
-class BaseMinifiedModeModelClass(BaseModelClass):
-    """Base of models that could run on minified AnnData (minification is not supported)."""
+class BaseMinifiedModeModelClass(MinifiedModeMixin, BaseModelClass):
+    """Base of models that can run on a minified AnnData (see :meth:`minify_adata`)."""
 
-    @property
-    def minified_data_type(self) -> str | None:
-        """Minification type of the model's AnnData (always None: not supported)."""
-        adata = self.adata
-        if adata is None:
-            return None
-        return adata.uns.get("_scvi_adata_minify_type")
 
-    @property
-    def summary_string(self) -> str:
-        """The model's summary with its training and minification status."""
-        return (
-            f"{super().summary_string}\nModel's adata is minified?: "
-            f"{self.minified_data_type is not None}"
-        )
+class BaseMudataMinifiedModeModelClass(MudataMinifiedModeMixin, BaseModelClass):
+    """Base of MuData models that can run on a minified MuData (see :meth:`minify_mudata`)."""
 
 
 __all__ = [
@@ -45,6 +34,7 @@ __all__ = [
     "BaseMinifiedModeModelClass",
     "BaseModelClass",
     "BaseModelMetaClass",
+    "BaseMudataMinifiedModeModelClass",
     "DifferentialComputation",
     "EmbeddingMixin",
     "PyroJitGuideWarmup",

@@ -846,6 +846,9 @@ class BaseModelClass(metaclass=BaseModelMetaClass):
         model.to_device(torch_device)
         model.module.eval()
         if adata is not None and adata is not False:
+            from ._minification import check_minified_adata_at_load
+
+            check_minified_adata_at_load(registry, adata)
             model._validate_anndata(adata)
         return model
 

@@ -13,6 +13,7 @@ import torch
 from anndata import AnnData
 
 from ..._settings import settings
+from ...utils import unsupported_if_adata_minified
 
 
 def _per_cell(record: Any) -> torch.Tensor | float:
@@ -69,6 +70,7 @@ class VAEMixin:
         return kwargs
 
     @torch.inference_mode()
+    @unsupported_if_adata_minified
     def get_elbo(
         self,
         adata: AnnData | None = None,
@@ -118,6 +120,7 @@ class VAEMixin:
         return elbo.mean() if return_mean else elbo
 
     @torch.inference_mode()
+    @unsupported_if_adata_minified
     def get_marginal_ll(
         self,
         adata: AnnData | None = None,
@@ -174,6 +177,7 @@ class VAEMixin:
         return torch.cat([torch.as_tensor(v).reshape(-1) for v in values])
 
     @torch.inference_mode()
+    @unsupported_if_adata_minified
     def get_reconstruction_error(
         self,
         adata: AnnData | None = None,
