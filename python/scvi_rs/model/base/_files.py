@@ -171,8 +171,8 @@ def _check_zip_records(path: str | os.PathLike) -> None:
         # torch's pre-1.6 format allocates each storage at the size its pickle claims before
         # reading it from the file, so a few bytes can ask for terabytes: not read at all.
         raise ValueError(
-            f"Refusing to load {path}: it is not a zip-format torch file (torch >= 1.6 writes "
-            "nothing else; re-save it with a current torch)."
+            f"The model file {path} is corrupt or truncated: it is not a zip-format torch "
+            "file (torch >= 1.6 writes nothing else; re-save an older file with a current torch)."
         )
     try:
         with zipfile.ZipFile(path) as archive:
