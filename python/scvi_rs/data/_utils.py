@@ -237,3 +237,37 @@ def _is_minified(adata: AnnData | str) -> bool:
         with h5py.File(adata) as fp:
             return uns_key in fp["uns"].keys()
     return uns_key in adata.uns
+
+
+def _modalities_by_setup_arg(modalities: dict[str, str] | None, setup_method_args: dict) -> Any:
+    """Map every argument of a ``setup_mudata`` call to its modality (None when unnamed).
+
+    Parameters
+    ----------
+    modalities
+        ``{setup argument name: modality name}`` given by the user.
+    setup_method_args
+        What ``_get_setup_method_args`` recorded for the call.
+
+    Returns
+    -------
+    attrdict
+        One entry per setup argument.
+
+    Raises
+    ------
+    ValueError
+        If ``modalities`` is None or names an argument the setup method does not take.
+    """
+    from ..utils._attrdict import attrdict
+
+    if modalities is None:
+        raise ValueError(
+            "Modalities cannot be None: pass `modalities`, e.g. {'rna_layer': 'rna'}, mapping "
+            "setup arguments to the MuData modalities holding their data."
+        )
+    setup_args = setup_method_args[_constants._SETUP_ARGS_KEY]
+    unknown = set(modalities) - set(setup_args)
+    if unknown:
+        raise ValueError(f"Extraneous modality mapping(s) detected: {unknown}")
+    return attrdict({name: modalities.get(name, None) for name in setup_args})

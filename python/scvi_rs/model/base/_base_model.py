@@ -661,6 +661,13 @@ class BaseModelClass(metaclass=BaseModelMetaClass):
         }
 
     @staticmethod
+    def _create_modalities_attr_dict(modalities: dict[str, str], setup_method_args: dict) -> Any:
+        """``{setup_mudata argument: modality}`` for every argument (None when unnamed)."""
+        from ...data._utils import _modalities_by_setup_arg
+
+        return _modalities_by_setup_arg(modalities, setup_method_args)
+
+    @staticmethod
     def _get_setup_method_args(**setup_locals: Any) -> dict[str, Any]:
         """Record a setup method's arguments from its ``locals()``.
 
@@ -770,9 +777,16 @@ class BaseModelClass(metaclass=BaseModelMetaClass):
                 )
             else:
                 adata = self.adata
-                writers[os.path.join(dir_path, f"{prefix}{SAVE_KEYS.ADATA_FNAME}")] = lambda tmp: (
-                    adata.write_h5ad(tmp, **anndata_write_kwargs)
-                )
+                from ...data._utils import _is_mudata
+
+                if _is_mudata(adata):  # MuData: mdata.h5mu, as the reference
+                    writers[os.path.join(dir_path, f"{prefix}{SAVE_KEYS.MDATA_FNAME}")] = (
+                        lambda tmp: adata.write_h5mu(tmp, **anndata_write_kwargs)
+                    )
+                else:
+                    writers[os.path.join(dir_path, f"{prefix}{SAVE_KEYS.ADATA_FNAME}")] = (
+                        lambda tmp: adata.write_h5ad(tmp, **anndata_write_kwargs)
+                    )
         os.makedirs(dir_path, exist_ok=True)
         write_files_atomically(writers)
 
@@ -986,11 +1000,18 @@ def _load_saved_files(
     attr_dict = dict(model[SAVE_KEYS.ATTR_DICT_KEY])
     adata: AnnData | bool | None = None
     if load_adata:
-        adata_path = os.path.join(dir_path, f"{prefix}{SAVE_KEYS.ADATA_FNAME}")
+        is_mudata = attr_dict.get("registry_", {}).get(_SETUP_METHOD_NAME) == "setup_mudata"
+        file_name = SAVE_KEYS.MDATA_FNAME if is_mudata else SAVE_KEYS.ADATA_FNAME
+        adata_path = os.path.join(dir_path, f"{prefix}{file_name}")
         if os.path.exists(adata_path):
             check_regular_file(adata_path, "saved AnnData")
             try:
-                adata = anndata.read_h5ad(adata_path)
+                if is_mudata:
+                    from ...data.fields._mudata import require_mudata
+
+                    adata = require_mudata().read_h5mu(adata_path)
+                else:
+                    adata = anndata.read_h5ad(adata_path)
             except Exception as err:
                 raise ValueError(f"Could not read {adata_path}: {err}") from err
         else:

@@ -286,11 +286,15 @@ class MinifiedModeMixin(_MinifiedModeMixin):
         """
         self._check_can_minify(minified_data_type)
         keep_counts = minified_data_type == ADATA_MINIFY_TYPE.LATENT_POSTERIOR_WITH_COUNTS
-        minified = get_minified_adata_scrna(self.adata_manager, keep_count_data=keep_counts)
+        is_mudata = _is_mudata(self.adata)  # a model set up with setup_mudata
+        minify = get_minified_mudata if is_mudata else get_minified_adata_scrna
+        minified = minify(self.adata_manager, keep_count_data=keep_counts)
         self._store_minified_values(
             minified, minified_data_type, use_latent_qzm_key, use_latent_qzv_key
         )
         self._update_adata_and_manager_post_minification(minified, minified_data_type)
+        if is_mudata:  # the transferred registry must still load through setup_mudata
+            self.adata_manager.registry[_data_constants._SETUP_METHOD_NAME] = "setup_mudata"
         self.module.minified_data_type = minified_data_type
 
     @classmethod
