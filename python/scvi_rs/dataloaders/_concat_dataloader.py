@@ -14,13 +14,23 @@ if TYPE_CHECKING:
     from ..data import AnnDataManager
 
 
+def _close(iterator: Any) -> None:
+    close = getattr(iterator, "close", None)
+    if callable(close):
+        close()
+
+
 def _cycle(loader: AnnDataLoader) -> Iterator[Any]:
     """Iterate ``loader`` again and again (a fresh pass, so a fresh shuffle, each time)."""
     while True:
         produced = False
-        for batch in loader:
-            produced = True
-            yield batch
+        passing = iter(loader)
+        try:
+            for batch in passing:
+                produced = True
+                yield batch
+        finally:
+            _close(passing)  # stops a prefetching thread when the epoch ends mid-pass
         if not produced:
             return
 
@@ -101,10 +111,15 @@ class ConcatDataLoader(DataLoader):
 
     def __iter__(self) -> Iterator[tuple[Any, ...]]:
         if self._distributed_sampler:
-            return zip(*self.dataloaders, strict=False)
-        largest = self.largest_dl
-        iterators = [iter(dl) if dl is largest else _cycle(dl) for dl in self.dataloaders]
-        return zip(*iterators, strict=False)
+            iterators = [iter(dl) for dl in self.dataloaders]
+        else:
+            largest = self.largest_dl
+            iterators = [iter(dl) if dl is largest else _cycle(dl) for dl in self.dataloaders]
+        try:
+            yield from zip(*iterators, strict=False)
+        finally:
+            for iterator in iterators:
+                _close(iterator)
 
 
 __all__ = ["ConcatDataLoader"]
