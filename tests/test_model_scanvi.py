@@ -19,7 +19,7 @@ from scvi_rs.dataloaders import (
 )
 from scvi_rs.model import SCANVI, SCVI
 from scvi_rs.module import SCANVAE, Classifier
-from scvi_rs.train import SemiSupervisedTrainingPlan
+from scvi_rs.train import SemiSupervisedTrainingPlan, SemiSupervisedTrainingPlanConfig
 from scvi_rs.train._semisupervised_trainingplan import (
     multiclass_accuracy,
     multiclass_calibration_error,
@@ -256,10 +256,14 @@ def test_query_mapping_with_all_labels_missing(trained, tmp_path):
     assert model.predict().shape == (query.n_obs,)
 
 
-def test_semisupervised_plan_defaults(trained):
+def test_semisupervised_plan_defaults_and_config(trained):
     plan = SemiSupervisedTrainingPlan(trained.module, 2)
     assert plan.loss_kwargs["classification_ratio"] == 50
     assert plan.n_classes == 2
+    config = SemiSupervisedTrainingPlanConfig(classification_ratio=5, loss_kwargs={"eps": 0.1})
+    plan = SemiSupervisedTrainingPlan(trained.module, 2, **config.to_kwargs())
+    assert plan.loss_kwargs["classification_ratio"] == 5 and plan.eps == 0.1
+    trained.train(1, plan_config=config, enable_progress_bar=False)
 
 
 # -- bad input ----------------------------------------------------------------------------

@@ -19,7 +19,10 @@ from ._pyro_trainingplan import (
     PyroTrainingPlan,
     PyroTrainingPlanConfig,
 )
-from ._semisupervised_trainingplan import SemiSupervisedTrainingPlan
+from ._semisupervised_trainingplan import (
+    SemiSupervisedTrainingPlan,
+    SemiSupervisedTrainingPlanConfig,
+)
 from ._strategy import Strategy
 from ._trainer import Trainer
 from ._trainingplans import TrainingPlan
@@ -38,6 +41,7 @@ __all__ = [
     "SaveCheckpoint",
     "ScibCallback",
     "SemiSupervisedTrainingPlan",
+    "SemiSupervisedTrainingPlanConfig",
     "SimpleLogger",
     "Strategy",
     "TrainRunner",

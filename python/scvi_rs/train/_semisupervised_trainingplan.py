@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 
 from ._callbacks import Callback
+from ._config import _fields_as_kwargs
 from ._constants import METRIC_KEYS
 from ._trainingplans import TrainingPlan
 
@@ -243,6 +245,41 @@ class SemiSupervisedTrainingPlan(TrainingPlan):
             )
 
 
+@dataclass
+class SemiSupervisedTrainingPlanConfig:
+    """Keyword arguments of :class:`SemiSupervisedTrainingPlan` (``plan_config=``).
+
+    ``loss_kwargs`` (further plan and loss keywords) are flattened into the keywords
+    :meth:`to_kwargs` returns.
+    """
+
+    classification_ratio: int = 50
+    lr: float = 1e-3
+    weight_decay: float = 1e-6
+    n_steps_kl_warmup: int | None = None
+    n_epochs_kl_warmup: int | None = 400
+    reduce_lr_on_plateau: bool = False
+    lr_factor: float = 0.6
+    lr_patience: int = 30
+    lr_threshold: float = 0.0
+    lr_scheduler_metric: Literal[
+        "elbo_validation", "reconstruction_loss_validation", "kl_local_validation"
+    ] = "elbo_validation"
+    compile: bool = False
+    compile_kwargs: dict | None = None
+    loss_kwargs: dict[str, Any] = field(default_factory=dict)
+
+    def to_kwargs(self) -> dict[str, Any]:
+        """Return the config as a flat keyword dict.
+
+        Returns
+        -------
+        dict
+            The keyword arguments this config stands for.
+        """
+        return _fields_as_kwargs(self, ("loss_kwargs",))
+
+
 class SubSampleLabels(Callback):
     """Draw a new subsample of labelled cells at the start of every epoch.
 
@@ -272,6 +309,7 @@ class SubSampleLabels(Callback):
 
 __all__ = [
     "SemiSupervisedTrainingPlan",
+    "SemiSupervisedTrainingPlanConfig",
     "SubSampleLabels",
     "multiclass_accuracy",
     "multiclass_calibration_error",
