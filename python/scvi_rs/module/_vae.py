@@ -478,8 +478,14 @@ class VAE(EmbeddingModuleMixin, BaseMinifiedModeModuleClass):
         inference_outputs: dict,
         generative_outputs: dict,
         kl_weight: torch.Tensor | float = 1.0,
+        mask: torch.Tensor | None = None,
     ) -> LossOutput:
-        """Negative ELBO per cell; ``kl_weight`` (warm-up) scales the KL of ``z`` only."""
+        """Negative ELBO per cell; ``kl_weight`` (warm-up) scales the KL of ``z`` only.
+
+        ``mask`` (optional, one 1/0 weight per cell) leaves the cells with weight 0 out of the
+        loss and zeroes their per-cell terms: a minibatch padded to a fixed size (CUDA graph
+        replays) then has the loss and the gradients of its real cells.
+        """
         x = tensors[REGISTRY_KEYS.X_KEY]
         kl_divergence_z = _kl(
             inference_outputs[MODULE_KEYS.QZ_KEY], generative_outputs[MODULE_KEYS.PZ_KEY]
@@ -493,8 +499,16 @@ class VAE(EmbeddingModuleMixin, BaseMinifiedModeModuleClass):
 
         reconst_loss = -generative_outputs[MODULE_KEYS.PX_KEY].log_prob(x).sum(-1)
 
+        if mask is not None:
+            mask = mask.to(reconst_loss.dtype)
+            reconst_loss = reconst_loss * mask
+            kl_divergence_z = kl_divergence_z * mask
+            kl_divergence_l = kl_divergence_l * mask
         weighted_kl_local = kl_weight * kl_divergence_z + kl_divergence_l
-        loss = torch.mean(reconst_loss + weighted_kl_local)
+        if mask is None:
+            loss = torch.mean(reconst_loss + weighted_kl_local)
+        else:
+            loss = torch.sum(reconst_loss + weighted_kl_local) / mask.sum()
 
         if self.extra_payload_autotune:
             extra_metrics = {

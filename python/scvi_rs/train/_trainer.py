@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 
 from .._settings import settings
 from ._callbacks import Callback, LearningRateMonitor, LoudEarlyStopping, SaveCheckpoint
+from ._cuda_graph import CudaGraphStep, make_graph_step
 from ._logger import SimpleLogger
 from ._metrics import StepValues
 from ._strategy import Strategy
@@ -233,7 +234,12 @@ class Trainer:
         batches, or 1 when True, of one epoch with no logging or checkpoints),
         ``strategy`` (``"ddp"`` or ``"ddp_find_unused_parameters_*"``: data-parallel training,
         one process per device, launched by ``torchrun``; or a resolved
-        :class:`~scvi_rs.train.Strategy`).
+        :class:`~scvi_rs.train.Strategy`), ``cuda_graph`` (default False: capture the
+        training step, i.e. forward, loss, backward, clipping and optimizer step, in a CUDA
+        graph and replay it for each minibatch; see :mod:`scvi_rs.train._cuda_graph` for the
+        policy on the last, smaller minibatch. When the device is not CUDA, or the plan
+        overrides ``training_step``, optimizes manually, is compiled or runs data-parallel,
+        a warning says so and the step runs eagerly).
     """
 
     def __init__(
@@ -269,6 +275,7 @@ class Trainer:
         self.limit_train_batches = kwargs.pop("limit_train_batches", None)
         self.limit_val_batches = kwargs.pop("limit_val_batches", None)
         self.fast_dev_run = kwargs.pop("fast_dev_run", False)
+        self.cuda_graph = bool(kwargs.pop("cuda_graph", False))
         callbacks = list(kwargs.pop("callbacks", None) or [])
         strategy = kwargs.pop("strategy", "auto")
         precision = kwargs.pop("precision", None)
@@ -377,6 +384,9 @@ class Trainer:
         self._step_values = StepValues()
         self._per_step_names: set[str] = set()
         self._transfer: Callable[[Any, int], Any] = lambda batch, idx: batch
+        self._graph_step: CudaGraphStep | None = None
+        # counts of the last fit's captured steps (captures, replays, ...), with cuda_graph=True
+        self.cuda_graph_stats: dict[str, int] = {}
 
     @staticmethod
     def _standard_callbacks(
@@ -663,6 +673,7 @@ class Trainer:
             raise
         finally:
             plan.forward_module = single_process_forward
+            self._release_graph_step()
         self.state.status = "finished"
         self._teardown(plan, "success")
 
@@ -671,6 +682,12 @@ class Trainer:
         self._call_hooks("teardown", plan, "fit")
         if self.logger is not None and callable(getattr(self.logger, "finalize", None)):
             self.logger.finalize(status)
+
+    def _release_graph_step(self) -> None:
+        if self._graph_step is not None:
+            self.cuda_graph_stats = dict(self._graph_step.stats)
+            self._graph_step.release()
+            self._graph_step = None
 
     def _loaders(self, train: Any, val: Any) -> tuple[Any, Any]:
         datamodule = self.datamodule
@@ -702,6 +719,9 @@ class Trainer:
         start_epoch = 0
         if self.ckpt_path is not None:
             start_epoch = self._restore_checkpoint(plan, self.ckpt_path)
+        self.cuda_graph_stats = {}
+        if self.cuda_graph:
+            self._graph_step = make_graph_step(self, plan, self.optimizers)
         self._call_hooks("on_fit_start", plan)
         self._call_hooks("on_train_start", plan)
 
@@ -794,10 +814,15 @@ class Trainer:
             batch = self._transfer(batch, 0)
             if self._call_hooks("on_train_batch_start", plan, batch, batch_idx) == -1:
                 break
-            outputs = self._call_plan("training_step", plan, batch, batch_idx)
-            loss = _step_loss(outputs)
-            if plan.automatic_optimization and loss is not None and optimizer is not None:
-                self._optimizer_step(plan, optimizer, params, loss)
+            graph_step = self._graph_step
+            loss = graph_step.step(batch, batch_idx) if graph_step is not None else None
+            if loss is not None:  # the captured step also ran the optimizer
+                outputs = loss
+            else:
+                outputs = self._call_plan("training_step", plan, batch, batch_idx)
+                loss = _step_loss(outputs)
+                if plan.automatic_optimization and loss is not None and optimizer is not None:
+                    self._optimizer_step(plan, optimizer, params, loss)
             self.global_step += 1
             self.fit_loop.epoch_loop._batches_that_stepped = self.global_step
             plan.global_step = self.global_step
