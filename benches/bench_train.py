@@ -11,12 +11,25 @@ the peak host RSS and peak device memory during ``train``, and the last validati
 When ``scvi`` (scvi-tools) is importable it runs the same work after scvi-rs and prints
 the ratios.
 
+``--variants`` runs scvi-rs in further ways beside its plain (``eager``) step; a variant is
+one or more of these joined by ``+`` (``graph+bf16``):
+
+- ``graph``: the training step captured in a CUDA graph (``cuda_graph=True``);
+- ``compile``: the module's forward under ``torch.compile(mode="reduce-overhead")``;
+- ``tf32``: float32 matmuls on TF32 tensor cores (``allow_tf32``);
+- ``bf16``: every linear layer under bfloat16 autocast, its output cast back to float32
+  (the likelihood, the KL terms and the loss stay float32).
+
+scvi-tools always runs its plain step.
+
 Cases (``--case``): ``1m_2000g`` (1,000,000 x 2,000 at 10%), ``200k_30000g``
 (200,000 x 30,000 at 3%), and the small ``20k_2000g`` (20,000 x 2,000 at 10%) that the
 pytest-benchmark entry uses; ``--scale`` shrinks the cell count of any case.
 
     python benches/bench_train.py --device cuda --case 1m_2000g --batch-size 128 1024
     python benches/bench_train.py --device cpu --case 20k_2000g --epochs 1
+    python benches/bench_train.py --case 1m_2000g --scale 0.1 --libraries scvi_rs \
+        --variants eager graph compile tf32 bf16 graph+bf16 --device-backed
     pytest benches/bench_train.py --benchmark-enable
 """
 
@@ -32,6 +45,7 @@ import subprocess
 import sys
 import threading
 import time
+import types
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import cache
@@ -49,6 +63,57 @@ CASES = {
     "20k_2000g": (20_000, 2_000, 0.10),
 }
 HAVE_SCVI_TOOLS = importlib.util.find_spec("scvi") is not None
+VARIANT_PARTS = ("eager", "graph", "compile", "tf32", "bf16")
+
+
+def parse_variant(variant: str) -> frozenset[str]:
+    """The parts of a variant name such as ``"graph+bf16"`` (``"eager"`` alone: none)."""
+    parts = frozenset(part for part in variant.split("+") if part)
+    unknown = sorted(parts - set(VARIANT_PARTS))
+    if unknown or not parts:
+        raise ValueError(
+            f"Unknown variant part(s) {unknown} in {variant!r}; use {'+'.join(VARIANT_PARTS)}."
+        )
+    if "eager" in parts and len(parts) > 1:
+        raise ValueError(f"'eager' is the plain step; it does not combine ({variant!r}).")
+    return parts - {"eager"}
+
+
+def _float32_out_linear(dtype: torch.dtype, device_type: str):
+    def forward(self: torch.nn.Linear, x: torch.Tensor) -> torch.Tensor:
+        # no autocast weight cache: it would be stale inside a replayed CUDA graph
+        with torch.autocast(device_type, dtype=dtype, cache_enabled=False):
+            y = torch.nn.functional.linear(x, self.weight, self.bias)
+        return y.float()
+
+    return forward
+
+
+def autocast_linear_layers(module: torch.nn.Module, dtype: torch.dtype, device: str) -> int:
+    """Run each ``nn.Linear`` of ``module`` under ``dtype`` autocast with float32 outputs.
+
+    Returns
+    -------
+    int
+        The number of linear layers changed.
+    """
+    forward = _float32_out_linear(dtype, "cuda" if device.startswith("cuda") else "cpu")
+    layers = [m for m in module.modules() if isinstance(m, torch.nn.Linear)]
+    for layer in layers:
+        layer.forward = types.MethodType(forward, layer)
+    return len(layers)
+
+
+@contextlib.contextmanager
+def tf32_matmuls(enabled: bool) -> Iterator[None]:
+    """Allow TF32 matmuls (and cuDNN) inside the block when ``enabled``."""
+    before = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    if enabled:
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before
 
 
 def synthetic_counts(
@@ -183,6 +248,7 @@ class Result:
     peak_rss_bytes: int
     peak_device_bytes: int | None
     mean_gpu_util: float | None
+    notes: str = ""
 
     @property
     def cells_per_s(self) -> float:
@@ -197,6 +263,7 @@ def train_once(
     epochs: int,
     seed: int = 0,
     device_backed: bool = False,
+    variant: str = "eager",
 ) -> Result:
     """Set up and train SCVI with ``library`` ("scvi_rs" or "scvi"), timing ``train``.
 
@@ -217,12 +284,17 @@ def train_once(
     device_backed
         Train from a ``DeviceBackedDataSplitter`` (the data on the training device; its
         one-off upload is timed as part of ``train``).
+    variant
+        How scvi-rs runs its step (see :func:`parse_variant`); ``"eager"`` for scvi-tools.
 
     Returns
     -------
     Result
         Throughput, memory and the last validation ELBO.
     """
+    parts = parse_variant(variant)
+    if parts and library != "scvi_rs":
+        raise ValueError(f"variant {variant!r} is for scvi_rs only, not {library}.")
     lib = __import__(library)
     lib.settings.seed = seed
     lib.settings.verbosity = 30
@@ -230,12 +302,20 @@ def train_once(
     lib.model.SCVI.setup_anndata(adata, batch_key="batch")
     model = lib.model.SCVI(adata)
     accelerator = "gpu" if device.startswith("cuda") else "cpu"
+    extra: dict = {}
+    notes = []
+    if "graph" in parts:
+        extra["cuda_graph"] = True
+    if "compile" in parts:
+        extra["plan_kwargs"] = {"compile": True, "compile_kwargs": {"mode": "reduce-overhead"}}
+    if "bf16" in parts:
+        n_layers = autocast_linear_layers(model.module, torch.bfloat16, device)
+        notes.append(f"{n_layers} linear layers bf16")
     gc.collect()
     if device.startswith("cuda"):
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
-    extra = {}
-    with sample_usage(device) as usage:
+    with tf32_matmuls("tf32" in parts), sample_usage(device) as usage:
         t0 = time.perf_counter()
         if device_backed:
             extra["datamodule"] = lib.dataloaders.DeviceBackedDataSplitter(
@@ -259,8 +339,15 @@ def train_once(
         seconds = time.perf_counter() - t0
     peak_device = torch.cuda.max_memory_allocated() if device.startswith("cuda") else None
     elbo = float(model.history["elbo_validation"].iloc[-1, 0])
+    stats = getattr(model.trainer, "cuda_graph_stats", None)
+    if "graph" in parts:
+        notes.append(
+            "graph: "
+            + (", ".join(f"{k} {v}" for k, v in stats.items()) if stats else "not used (eager)")
+        )
+    name = library if not parts else f"{library} {variant}"
     result = Result(
-        library=library + (" (device-backed)" if device_backed else ""),
+        library=name + (" (device-backed)" if device_backed else ""),
         n_train=len(model.train_indices),
         epochs=epochs,
         seconds=seconds,
@@ -268,6 +355,7 @@ def train_once(
         peak_rss_bytes=usage.peak_rss_bytes,
         peak_device_bytes=peak_device,
         mean_gpu_util=usage.mean_gpu_util,
+        notes="; ".join(notes),
     )
     del model, adata
     gc.collect()
@@ -312,7 +400,16 @@ def main(argv: list[str] | None = None) -> None:
         action="store_true",
         help="also run scvi-rs with DeviceBackedDataSplitter (the matrix on the device)",
     )
+    parser.add_argument(
+        "--variants",
+        nargs="+",
+        default=["eager"],
+        help="ways scvi-rs runs its step: eager, or parts of graph, compile, tf32, bf16 "
+        "joined by '+'",
+    )
     args = parser.parse_args(argv)
+    for variant in args.variants:
+        parse_variant(variant)
     libraries = []
     for lib in args.libraries:
         try:
@@ -324,9 +421,9 @@ def main(argv: list[str] | None = None) -> None:
     print(machine())
     print(
         "| case | cells | batch | library | epochs | s | cells/s | val ELBO | peak RSS MiB | "
-        "peak device MiB | GPU util % |"
+        "peak device MiB | GPU util % | notes |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     ratios = []
     for case in args.case:
         t0 = time.perf_counter()
@@ -338,38 +435,47 @@ def main(argv: list[str] | None = None) -> None:
         )
         for batch_size in args.batch_size:
             results = {}
-            runs = [(lib, False) for lib in libraries]
-            if args.device_backed:
-                runs.append(("scvi_rs", True))
-            for lib, device_backed in runs:
-                r = train_once(lib, X, args.device, batch_size, args.epochs, 0, device_backed)
+            runs = []
+            for lib in libraries:
+                variants = args.variants if lib == "scvi_rs" else ["eager"]
+                runs += [(lib, False, variant) for variant in variants]
+                if lib == "scvi_rs" and args.device_backed:
+                    runs += [(lib, True, variant) for variant in variants]
+            for lib, device_backed, variant in runs:
+                r = train_once(
+                    lib, X, args.device, batch_size, args.epochs, 0, device_backed, variant
+                )
                 results[r.library] = r
                 util = "-" if r.mean_gpu_util is None else f"{r.mean_gpu_util:.0f}"
                 print(
                     f"| {case} | {X.shape[0]:,} | {batch_size} | {r.library} | {r.epochs} | "
                     f"{r.seconds:.2f} | {r.cells_per_s:,.0f} | {r.elbo_validation:.2f} | "
-                    f"{_mib(r.peak_rss_bytes)} | {_mib(r.peak_device_bytes)} | {util} |",
+                    f"{_mib(r.peak_rss_bytes)} | {_mib(r.peak_device_bytes)} | {util} | "
+                    f"{r.notes} |",
                     flush=True,
                 )
-            if "scvi" in results and "scvi_rs" in results:
-                ours, ref = results["scvi_rs"], results["scvi"]
-                ratios.append(
-                    (
-                        case,
-                        batch_size,
-                        ours.cells_per_s / ref.cells_per_s,
-                        (ours.elbo_validation - ref.elbo_validation) / abs(ref.elbo_validation),
+            ref = results.get("scvi")
+            for name, ours in results.items() if ref is not None else ():
+                if name.startswith("scvi_rs"):
+                    ratios.append(
+                        (
+                            case,
+                            batch_size,
+                            name,
+                            ours.cells_per_s / ref.cells_per_s,
+                            (ours.elbo_validation - ref.elbo_validation)
+                            / abs(ref.elbo_validation),
+                        )
                     )
-                )
         make_matrix.cache_clear()
         del X
         gc.collect()
     if ratios:
         print()
-        print("| case | batch | scvi-rs / scvi-tools cells/s | ELBO relative difference |")
-        print("|---|---|---|---|")
-        for case, batch_size, speed, elbo_diff in ratios:
-            print(f"| {case} | {batch_size} | {speed:.2f}x | {elbo_diff:+.2%} |")
+        print("| case | batch | scvi-rs run | / scvi-tools cells/s | ELBO relative difference |")
+        print("|---|---|---|---|---|")
+        for case, batch_size, name, speed, elbo_diff in ratios:
+            print(f"| {case} | {batch_size} | {name} | {speed:.2f}x | {elbo_diff:+.2%} |")
 
 
 @pytest.mark.parametrize("library", ["scvi_rs", "scvi"])
