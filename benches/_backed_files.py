@@ -39,7 +39,9 @@ def _write_string_index(group: h5py.Group, name: str, n: int, prefix: str) -> No
     dataset.attrs.update({"encoding-type": "string-array", "encoding-version": "0.2.0"})
     for start in range(0, n, 1_000_000):
         stop = min(n, start + 1_000_000)
-        dataset[start:stop] = np.char.add(prefix, np.arange(start, stop).astype(str)).astype(object)
+        dataset[start:stop] = np.char.add(prefix, np.arange(start, stop).astype(str)).astype(
+            object
+        )
 
 
 def _write_frame_header(group: h5py.Group, columns: list[str]) -> None:
@@ -62,7 +64,8 @@ def _write_obs(root: h5py.File, n_cells: int, rng: np.random.Generator) -> None:
         {"encoding-type": "categorical", "encoding-version": "0.2.0", "ordered": False}
     )
     batch.create_dataset(
-        "categories", data=np.array(["b0", "b1", "b2", "b3"], dtype=object),
+        "categories",
+        data=np.array(["b0", "b1", "b2", "b3"], dtype=object),
         dtype=h5py.string_dtype("utf-8"),
     ).attrs.update({"encoding-type": "string-array", "encoding-version": "0.2.0"})
     batch.create_dataset("codes", data=rng.integers(0, 4, n_cells, dtype=np.int8)).attrs.update(
@@ -78,11 +81,13 @@ def _write_var(root: h5py.File, n_genes: int) -> None:
 
 def _write_empty_mappings(root: h5py.File) -> None:
     for name in ("obsm", "varm", "obsp", "varp", "layers", "uns"):
-        root.create_group(name).attrs.update({"encoding-type": "dict", "encoding-version": "0.1.0"})
+        root.create_group(name).attrs.update(
+            {"encoding-type": "dict", "encoding-version": "0.1.0"}
+        )
 
 
 def _write_x(root: h5py.File, n_cells: int, n_genes: int, density: float, rng) -> None:
-    stride = int(round(1 / density))
+    stride = round(1 / density)
     per_row = n_genes // stride
     nnz = n_cells * per_row
     x = root.create_group("X")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import threading
 import time
@@ -357,3 +358,56 @@ def test_zarr_store_gone_mid_epoch_is_an_error_naming_it(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"counts\.zarr disappeared"):
         for _ in iterator:
             pass
+
+
+# -- data-parallel training --------------------------------------------------------------------
+DDP_SCRIPT = """
+import json, os, sys
+import anndata, numpy as np, torch
+import scvi_rs
+torch.set_num_threads(1)
+path, out_dir = sys.argv[1], sys.argv[2]
+rank = int(os.environ["RANK"])
+scvi_rs.settings.seed = 0
+adata = anndata.read_h5ad(path, backed="r")
+scvi_rs.model.SCVI.setup_anndata(adata, batch_key="batch")
+model = scvi_rs.model.SCVI(adata, n_hidden=16, n_latent=4)
+model.train(max_epochs=2, batch_size=64, accelerator="cpu", strategy="ddp",
+            datasplitter_kwargs={"block_size": 50, "shuffle_window": 2},
+            enable_progress_bar=False)
+loader = model.trainer.train_dataloader
+loader.sampler.set_epoch(1)
+cells = np.concatenate([w.file_rows for w in loader.sampler.windows()])
+params = torch.cat([p.detach().reshape(-1) for p in model.module.parameters()]).numpy()
+np.save(os.path.join(out_dir, f"params_{rank}.npy"), params)
+np.save(os.path.join(out_dir, f"cells_{rank}.npy"), cells)
+report = {"steps": model.trainer.global_step, "loader": type(loader).__name__,
+          "n_train": len(model.train_indices)}
+with open(os.path.join(out_dir, f"report_{rank}.json"), "w") as f:
+    json.dump(report, f)
+"""
+
+
+@pytest.mark.slow
+def test_ddp_processes_read_disjoint_blocks_and_keep_one_model(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    path = _write(tmp_path)
+    script = tmp_path / "ddp_blocks.py"
+    script.write_text(DDP_SCRIPT)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+    command += ["--nproc-per-node", "2", str(script), path, str(tmp_path)]
+    proc = subprocess.run(command, capture_output=True, text=True, timeout=300, check=False)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    reports = [json.loads((tmp_path / f"report_{r}.json").read_text()) for r in (0, 1)]
+    assert {r["loader"] for r in reports} == {"BlockLoader"}
+    n_train = reports[0]["n_train"]
+    per_process = math.ceil(n_train / 2)
+    assert reports[0]["steps"] == reports[1]["steps"] == 2 * math.ceil(per_process / 64)
+    params = [np.load(tmp_path / f"params_{r}.npy") for r in (0, 1)]
+    np.testing.assert_array_equal(params[0], params[1])
+    cells = [np.load(tmp_path / f"cells_{r}.npy") for r in (0, 1)]
+    assert len(cells[0]) == len(cells[1]) == per_process
+    assert len(np.unique(np.concatenate(cells))) == n_train

@@ -197,8 +197,8 @@ class _CSRBlockSource(_BlockSource):
         for (a, b), ptr, n in zip(blocks, ptrs, lengths, strict=True):
             lo, hi = int(ptr[0]), int(ptr[-1])
             try:
-                indices[pos : pos + n] = self.h_indices[lo:hi]
-                data[pos : pos + n] = self.h_data[lo:hi]
+                _read_into(self.h_indices, lo, hi, indices[pos : pos + n])
+                _read_into(self.h_data, lo, hi, data[pos : pos + n])
             except Exception as exc:
                 raise self._fail(f"rows {a}:{b} (stored entries {lo}:{hi})", exc) from exc
             indptr[row + 1 : row + 1 + b - a] = ptr[1:] - lo + pos
@@ -206,6 +206,16 @@ class _CSRBlockSource(_BlockSource):
             pos += n
         indptr, indices, data = _csr_parts(indptr, indices, data)
         return _Window(indptr, indices, data)
+
+
+def _read_into(array: Any, lo: int, hi: int, out: np.ndarray) -> None:
+    """``out[:] = array[lo:hi]``, straight into ``out`` for h5py datasets (no extra copy)."""
+    if hi <= lo:
+        return
+    if hasattr(array, "read_direct") and array.dtype == out.dtype:
+        array.read_direct(out, source_sel=np.s_[lo:hi])
+    else:
+        out[...] = array[lo:hi]
 
 
 class _InMemoryCSRSource(_BlockSource):
@@ -372,9 +382,12 @@ class BlockSampler:
         self.rank = int(rank)
         self.epoch = 0
         self._epoch_set = False
-        block_of_cell = self.cells // self.block_size
-        self.block_ids, first = np.unique(block_of_cell, return_index=True)
-        self.block_offsets = np.append(first, len(self.cells)).astype(np.int64)
+        # cells are sorted: each block's cells are one slice, found without per-cell temporaries
+        n_blocks = int(self.cells[-1]) // self.block_size + 1 if len(self.cells) else 0
+        bounds = np.searchsorted(self.cells, np.arange(n_blocks + 1) * self.block_size)
+        nonempty = np.flatnonzero(np.diff(bounds) > 0)
+        self.block_ids = nonempty
+        self.block_offsets = np.append(bounds[nonempty], len(self.cells)).astype(np.int64)
         self.num_samples = -(-len(self.cells) // self.num_replicas)
 
     def set_epoch(self, epoch: int) -> None:
@@ -607,6 +620,24 @@ class _BlockIterator(Iterator):
 
 
 # -- the loader --------------------------------------------------------------------------------
+class _NarrowReader:
+    """An obs column or narrow array: rows cast per minibatch, no full-length copy."""
+
+    def __init__(self, arr: np.ndarray, dtype: np.dtype) -> None:
+        self.arr, self.dtype = arr, dtype
+
+    def read(self, rows: np.ndarray, alloc: Any) -> np.ndarray:
+        return np.ascontiguousarray(self.arr[rows], dtype=self.dtype)
+
+
+def _field_reader(key: str, obj: Any, dtype: np.dtype) -> Any:
+    # per-cell fields of backed data are in memory; a cast copy of each would cost
+    # n_cells * 8 bytes per field for 20M cells, so small arrays are cast per minibatch
+    if isinstance(obj, np.ndarray) and obj.ndim <= 2 and obj[:1].nbytes <= 1024:
+        return _NarrowReader(obj, dtype)
+    return _make_reader(key, obj, dtype, False)
+
+
 def _distributed_place(kwargs: dict) -> tuple[int, int]:
     import torch.distributed as dist
 
@@ -706,7 +737,7 @@ class BlockLoader:
         self.x_dtype = np.dtype(keys.pop(REGISTRY_KEYS.X_KEY))
         self.source = block_source(self.dataset.data[REGISTRY_KEYS.X_KEY])
         self._field_readers = {
-            key: _make_reader(key, self.dataset.data[key], np.dtype(dtype), False)
+            key: _field_reader(key, self.dataset.data[key], np.dtype(dtype))
             for key, dtype in keys.items()
             if not (
                 key == REGISTRY_KEYS.MINIFY_TYPE_KEY and isinstance(self.dataset.data[key], str)
