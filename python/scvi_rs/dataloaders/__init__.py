@@ -5,6 +5,7 @@ from __future__ import annotations
 from ..data._anntorchdataset import AnnTorchDataset
 from ._ann_dataloader import AnnDataLoader
 from ._anncollection import CollectionAdapter
+from ._block_loader import BlockLoader
 from ._concat_dataloader import ConcatDataLoader
 from ._data_splitting import (
     DataSplitter,
@@ -20,6 +21,7 @@ __all__ = [
     "AnnDataLoader",
     "AnnTorchDataset",
     "BatchDistributedSampler",
+    "BlockLoader",
     "CollectionAdapter",
     "ConcatDataLoader",
     "DataSplitter",
