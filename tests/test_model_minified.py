@@ -124,3 +124,20 @@ def test_scanvi_setup_registers_minified_fields():
     scvi_rs.model.SCANVI.setup_anndata(mini, labels_key="labels", unlabeled_category="unknown")
     manager = scvi_rs.model.SCANVI._get_most_recent_anndata_manager(mini, required=True)
     assert REGISTRY_KEYS.MINIFY_TYPE_KEY in manager.data_registry
+
+
+def test_model_class_without_minified_mode_refuses_minified_data():
+    from scvi_rs.model.base import BaseModelClass
+
+    class PlainModel(BaseModelClass):
+        def train(self):
+            raise NotImplementedError
+
+        @classmethod
+        def setup_anndata(cls, adata):
+            raise NotImplementedError
+
+    model, _, _ = _trained()
+    model.minify_adata()
+    with pytest.raises(NotImplementedError, match="PlainModel model currently does not support"):
+        PlainModel(model.adata)

@@ -7,7 +7,7 @@ from ._base_model import BaseModelClass, BaseModelMetaClass
 from ._constants import SAVE_KEYS
 from ._differential import DifferentialComputation
 from ._embeddingmixin import EmbeddingMixin
-from ._minification import MinifiedModeMixin, MudataMinifiedModeMixin
+from ._minification import BaseMinifiedModeModelClass, BaseMudataMinifiedModeModelClass
 from ._pyromixin import (
     PyroJitGuideWarmup,
     PyroModelGuideWarmup,
@@ -18,15 +18,6 @@ from ._rnamixin import RNASeqMixin
 from ._semisupervised_training_mixin import SemisupervisedTrainingMixin
 from ._training_mixin import UnsupervisedTrainingMixin
 from ._vaemixin import VAEMixin
-
-
-class BaseMinifiedModeModelClass(MinifiedModeMixin, BaseModelClass):
-    """Base of models that can run on a minified AnnData (see :meth:`minify_adata`)."""
-
-
-class BaseMudataMinifiedModeModelClass(MudataMinifiedModeMixin, BaseModelClass):
-    """Base of MuData models that can run on a minified MuData (see :meth:`minify_mudata`)."""
-
 
 __all__ = [
     "SAVE_KEYS",

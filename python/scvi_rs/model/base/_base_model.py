@@ -68,6 +68,9 @@ class BaseModelClass(metaclass=BaseModelMetaClass):
     _data_loader_cls = AnnDataLoader
 
     def __init__(self, adata: AnnData | None = None, registry: dict | None = None) -> None:
+        from ._minification import refuse_minified_data_without_support
+
+        refuse_minified_data_without_support(self, adata)
         self.id = new_uuid()
         if adata is not None:
             self._adata = adata

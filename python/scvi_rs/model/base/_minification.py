@@ -22,6 +22,7 @@ from ...data import _constants as _data_constants
 from ...data import fields
 from ...data._constants import _ADATA_MINIFY_TYPE_UNS_KEY, _SCVI_UUID_KEY, ADATA_MINIFY_TYPE
 from ...data._utils import _is_mudata
+from ._base_model import BaseModelClass
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -185,8 +186,28 @@ def check_minified_adata_at_load(registry: dict, adata: Any) -> None:
         )
 
 
-class _MinifiedModeMixin:
-    """What minified-mode models share: the type read from the registry, the extra fields."""
+def refuse_minified_data_without_support(model: Any, adata: Any) -> None:
+    """Raise ``NotImplementedError`` when a model class without minified mode gets minified data.
+
+    Parameters
+    ----------
+    model
+        The model being built.
+    adata
+        Its AnnData (or None).
+    """
+    if adata is None or getattr(adata, "uns", None) is None:
+        return
+    if _ADATA_MINIFY_TYPE_UNS_KEY in adata.uns and not isinstance(
+        model, (BaseMinifiedModeModelClass, BaseMudataMinifiedModeModelClass)
+    ):
+        raise NotImplementedError(
+            f"The {type(model).__name__} model currently does not support minified data."
+        )
+
+
+class BaseMinifiedModeModelClass(BaseModelClass):
+    """Base of models that can run on a minified AnnData (see :meth:`minify_adata`)."""
 
     _OBSERVED_LIB_SIZE_KEY = "observed_lib_size"
     _LATENT_QZM_KEY = "latent_qzm"
@@ -245,10 +266,6 @@ class _MinifiedModeMixin:
             f"{super().summary_string}\nModel's adata is minified?: "
             f"{self.minified_data_type is not None}"
         )
-
-
-class MinifiedModeMixin(_MinifiedModeMixin):
-    """``minify_adata`` and its helpers, for models of one AnnData (SCVI, SCANVI)."""
 
     def minify_adata(
         self,
@@ -321,8 +338,25 @@ class MinifiedModeMixin(_MinifiedModeMixin):
         self.adata = minified_adata
 
 
-class MudataMinifiedModeMixin(_MinifiedModeMixin):
-    """``minify_mudata`` and its helpers, for models set up with ``setup_mudata``."""
+class BaseMudataMinifiedModeModelClass(BaseModelClass):
+    """Base of MuData models that can run on a minified MuData (see :meth:`minify_mudata`)."""
+
+    # shared with the AnnData version (the reference's class hierarchy has no common base)
+    _OBSERVED_LIB_SIZE_KEY = BaseMinifiedModeModelClass._OBSERVED_LIB_SIZE_KEY
+    _LATENT_QZM_KEY = BaseMinifiedModeModelClass._LATENT_QZM_KEY
+    _LATENT_QZV_KEY = BaseMinifiedModeModelClass._LATENT_QZV_KEY
+    minified_data_type = BaseMinifiedModeModelClass.minified_data_type
+    _minification_fields = BaseMinifiedModeModelClass.__dict__["_minification_fields"]
+    _check_can_minify = BaseMinifiedModeModelClass._check_can_minify
+    _store_minified_values = BaseMinifiedModeModelClass._store_minified_values
+
+    @property
+    def summary_string(self) -> str:
+        """The model's summary with its training and minification status."""
+        return (
+            f"{super().summary_string}\nModel's adata is minified?: "
+            f"{self.minified_data_type is not None}"
+        )
 
     def minify_mudata(
         self,
@@ -386,10 +420,11 @@ class MudataMinifiedModeMixin(_MinifiedModeMixin):
 
 
 __all__ = [
-    "MinifiedModeMixin",
-    "MudataMinifiedModeMixin",
+    "BaseMinifiedModeModelClass",
+    "BaseMudataMinifiedModeModelClass",
     "check_minified_adata_at_load",
     "get_minified_adata_scrna",
     "get_minified_mudata",
     "minification_fields",
+    "refuse_minified_data_without_support",
 ]
