@@ -201,6 +201,8 @@ def bench_files(sizes: list[int], args: argparse.Namespace) -> list[dict]:
         gb = path.stat().st_size / 1e9
         print(f"{path.name}: {gb:.1f} GB, load {_load()}", flush=True)
         row = {"cells": n_cells, "gb": gb}
+        if args.skip_random:
+            row["random"] = row["scvi_tools"] = None
         row["sequential"] = sequential_limit(path)
         print(f"  sequential read limit: {row['sequential']:,.0f} cells/s, load {_load()}")
         row["blocks"], row["block_size"], row["window"] = block_rate(path, args.cells)
@@ -208,10 +210,13 @@ def bench_files(sizes: list[int], args: argparse.Namespace) -> list[dict]:
             f"  blocks ({row['block_size']} rows x {row['window']}): {row['blocks']:,.0f} "
             f"cells/s, load {_load()}"
         )
-        row["random"] = random_rate(path, args.random_batches)
-        print(f"  random backed reads: {row['random']:,.0f} cells/s, load {_load()}")
-        row["scvi_tools"] = scvi_tools_rate(path, args.random_batches)
-        if row["scvi_tools"] is None:
+        if not args.skip_random:
+            row["random"] = random_rate(path, args.random_batches)
+            print(f"  random backed reads: {row['random']:,.0f} cells/s, load {_load()}")
+            row["scvi_tools"] = scvi_tools_rate(path, args.random_batches)
+        if args.skip_random:
+            pass
+        elif row["scvi_tools"] is None:
             print("  scvi-tools backed loader: skipped (no ~/.venvs/scvi-rs-compat)")
         else:
             print(f"  scvi-tools backed loader: {row['scvi_tools']:,.0f} cells/s, load {_load()}")
@@ -250,9 +255,11 @@ def quality(args: argparse.Namespace) -> dict:
     adata = sorted_clusters(args.quality_cells, 1000, 20)
     scvi.model.SCVI.setup_anndata(adata, batch_key="batch")
     result = {}
+    small = {"load_mode": "blocks", "block_size": args.quality_block, "shuffle_window": 8}
     modes = {
         "random": {},
-        "blocks": {"load_mode": "blocks", "block_size": args.quality_block, "shuffle_window": 8},
+        "blocks (default sizes)": {"load_mode": "blocks"},
+        f"blocks ({args.quality_block} rows x 8)": small,
     }
     for name, kwargs in modes.items():
         scvi.settings.seed = 0
@@ -266,10 +273,14 @@ def quality(args: argparse.Namespace) -> dict:
             datasplitter_kwargs=kwargs,
         )
         elbo = float(model.history["elbo_validation"].iloc[-1, 0])
+        loader = model.trainer.train_dataloader
+        if hasattr(loader, "block_size"):
+            name = f"{name}: {loader.block_size} x {loader.shuffle_window}"
         result[name] = elbo
         print(f"  {name}: validation ELBO {elbo:.3f} ({time.perf_counter() - start:.0f} s)")
-    result["gap"] = result["blocks"] / result["random"] - 1
-    print(f"  blocks vs full shuffle: {100 * result['gap']:+.2f}%", flush=True)
+    for name in list(result)[1:]:
+        gap = result[name] / result["random"] - 1
+        print(f"  {name} vs full shuffle: {100 * gap:+.2f}%", flush=True)
     return result
 
 
@@ -284,6 +295,7 @@ def main() -> None:
     parser.add_argument("--quality-block", type=int, default=512)
     parser.add_argument("--only-quality", action="store_true")
     parser.add_argument("--skip-quality", action="store_true")
+    parser.add_argument("--skip-random", action="store_true", help="no random-read loaders")
     args = parser.parse_args()
     disk = shutil.disk_usage(Path.home())
     print(

@@ -45,8 +45,8 @@ logger = logging.getLogger("scvi_rs")
 LOAD_MODES = ("blocks", "random")
 # Stored bytes per block by default: large enough for sequential disk reads, small enough
 # that a window of blocks (and the one read ahead) stays a few hundred MB at most.
-_BLOCK_BYTES = 8 << 20
-_SHUFFLE_WINDOW = 8
+_BLOCK_BYTES = 32 << 20
+_SHUFFLE_WINDOW = 4
 _MIN_BLOCK_ROWS = 256
 _POLL_S = 0.1
 _JOIN_TIMEOUT_S = 10.0
@@ -321,7 +321,7 @@ def block_source(X: Any) -> _BlockSource:
 
 
 def default_block_size(row_bytes: float, batch_size: int) -> int:
-    """Rows per block: about 8 MiB of stored entries, and at least one minibatch."""
+    """Rows per block: about 32 MiB of stored entries, and at least one minibatch."""
     return int(max(_MIN_BLOCK_ROWS, batch_size, _BLOCK_BYTES // max(1.0, row_bytes)))
 
 
@@ -373,7 +373,11 @@ class BlockSampler:
             )
         if not 0 <= rank < num_replicas:
             raise ValueError(f"rank {rank} is not in [0, {num_replicas}).")
-        self.cells = np.sort(np.asarray(cells, dtype=np.int64).reshape(-1))
+        cells = np.asarray(cells).reshape(-1)
+        # int32 rows where they fit: 4 bytes per cell of a 20M-cell file rather than 8
+        small = cells.size == 0 or int(cells.max()) < np.iinfo(np.int32).max
+        self.cells = cells.astype(np.int32 if small else np.int64)
+        self.cells.sort()
         self.block_size = int(block_size)
         self.shuffle_window = int(shuffle_window)
         self.shuffle = shuffle
@@ -418,7 +422,11 @@ class BlockSampler:
         return pieces
 
     def windows(self) -> Iterator[_WindowPlan]:
-        """The windows of the current epoch, in order; advances the epoch afterwards."""
+        """The windows of the current epoch, in order; advances the epoch afterwards.
+
+        The epoch's order is drawn here, on the caller's thread; the windows themselves are
+        built as the returned iterator (run on the reader thread) advances.
+        """
         rng = np.random.default_rng([self.seed, self.epoch]) if self.shuffle else None
         if not self._epoch_set:
             self.epoch += 1  # iterated without set_epoch: a new order next time
@@ -426,7 +434,11 @@ class BlockSampler:
         order = np.arange(len(self.block_ids))
         if rng is not None:
             order = rng.permutation(order)
-        pieces = self._my_pieces(order)
+        return self._windows(self._my_pieces(order), rng)
+
+    def _windows(
+        self, pieces: list[tuple[int, int, int]], rng: np.random.Generator | None
+    ) -> Iterator[_WindowPlan]:
         yielded = 0
         last: _WindowPlan | None = None
         for start in range(0, len(pieces), self.shuffle_window):
@@ -459,7 +471,7 @@ class BlockSampler:
             r = int(np.searchsorted(read_starts, start, side="right")) - 1
             file_rows.append(cells)
             local_rows.append(cells - read_starts[r] + read_offsets[r])
-        rows = np.concatenate(file_rows) if file_rows else np.zeros(0, np.int64)
+        rows = np.concatenate(file_rows).astype(np.int64) if file_rows else np.zeros(0, np.int64)
         local = np.concatenate(local_rows) if local_rows else np.zeros(0, np.int64)
         if rng is not None:
             perm = rng.permutation(len(rows))
@@ -671,10 +683,10 @@ class BlockLoader:
     drop_last
         Drop the last incomplete minibatch.
     block_size
-        Rows per block (one sequential read each); by default about 8 MiB of stored entries
-        (``8 MiB / bytes per row``, at least ``batch_size``).
+        Rows per block (one sequential read each); by default about 32 MiB of stored entries
+        (``32 MiB / bytes per row``, at least ``batch_size``).
     shuffle_window
-        Blocks whose cells are shuffled together (default 8). Larger windows mix cells more
+        Blocks whose cells are shuffled together (default 4). Larger windows mix cells more
         and hold more rows in memory (two windows at a time).
     seed
         Seed of the epoch orders; ``settings.seed``, else a draw from torch's generator.
