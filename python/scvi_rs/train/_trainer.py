@@ -163,6 +163,24 @@ class FitLoopState:
         }
 
 
+class LoggerConnector:
+    """When step values are logged (Lightning's ``trainer._logger_connector``).
+
+    Lightning callbacks such as ``LearningRateMonitor`` ask it before logging a step.
+    """
+
+    def __init__(self, trainer: Trainer) -> None:
+        self._trainer = trainer
+
+    @property
+    def should_update_logs(self) -> bool:
+        """Whether the coming step is one whose values are logged."""
+        trainer = self._trainer
+        # `+ 1`: asked before the step runs (e.g. in `on_train_batch_start`)
+        step = trainer.fit_loop.epoch_loop._batches_that_stepped + 1
+        return step % trainer.log_every_n_steps == 0 or trainer.should_stop
+
+
 @dataclass
 class LRSchedulerConfig:
     """A learning-rate scheduler and the metric it follows (ReduceLROnPlateau)."""
@@ -373,6 +391,7 @@ class Trainer:
         self.ckpt_path: str | None = None
         self.state = TrainerState()
         self.fit_loop = FitLoopState()
+        self._logger_connector = LoggerConnector(self)
         self.current_hook: str | None = None
         self.current_epoch = 0
         self.global_step = 0
