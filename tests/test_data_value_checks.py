@@ -67,3 +67,17 @@ def test_query_with_bad_counts_is_refused_on_transfer():
     del query.uns["_scvi_uuid"]
     with pytest.raises(ValueError, match="infinite"):
         model.get_latent_representation(query)
+
+
+def test_protein_layers_allow_unmeasured_nan_but_not_negative():
+    from scvi_rs.data.fields._protein import ProteinLayerField
+
+    adata = _float_adata(sparse=False)
+    proteins = np.abs(np.random.default_rng(0).normal(size=adata.shape)).astype(np.float32)
+    proteins[:10] = np.nan  # cells of a batch that did not measure these proteins
+    adata.layers["protein"] = proteins
+    field = ProteinLayerField("proteins", "protein", use_batch_mask=False)
+    field.register_field(adata)
+    adata.layers["protein"][20, 1] = -1.0
+    with pytest.raises(ValueError, match="negative"):
+        field.register_field(adata)

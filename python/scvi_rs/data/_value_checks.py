@@ -51,7 +51,7 @@ def _position(data: Any, flat: int) -> str:
     return f"position {flat}"
 
 
-def check_count_values(data: Any, location: str) -> None:
+def check_count_values(data: Any, location: str, allow_nan: bool = False) -> None:
     """Raise ``ValueError`` if in-memory count data hold a NaN, infinite or negative value.
 
     Backed and lazily read matrices are not scanned (that would read the whole file);
@@ -63,13 +63,19 @@ def check_count_values(data: Any, location: str) -> None:
         The registered matrix (numpy, scipy sparse or DataFrame).
     location
         Where it lives, for the message (``"adata.X"``, ``"adata.layers['counts']"``).
+    allow_nan
+        NaN marks a value that was not measured (protein panels after an outer join): only
+        infinite and negative values are refused.
     """
     if _is_backed_matrix(data):
         return
     stored = _stored_values(data)
     if stored is None or stored[0].dtype.kind not in "fiub":
         return
-    found = _core.find_invalid_value(stored[0])
+    values = stored[0]
+    if allow_nan and values.dtype.kind == "f":
+        values = np.where(np.isnan(values), 0, values)
+    found = _core.find_invalid_value(values)
     if found is None:
         return
     flat, kind = found

@@ -196,6 +196,8 @@ class ProteinFieldMixin:
     """Adds ``protein_batch_mask``: which proteins each batch measured (non-zero somewhere)."""
 
     PROTEIN_BATCH_MASK = "protein_batch_mask"
+    # proteins a batch did not measure are NaN (after an outer join), as the reference allows
+    ALLOWS_MISSING_COUNTS = True
 
     def __init__(
         self, *args: Any, use_batch_mask: bool = True, batch_field: Any = None, **kwargs: Any

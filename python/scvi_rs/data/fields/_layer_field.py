@@ -111,7 +111,11 @@ class LayerField(BaseAnnDataField):
         if self.correct_data_format:
             _verify_and_correct_data_format(adata, self.attr_name, self.attr_key)
         if self.is_count_data:
-            check_count_values(self.get_field_data(adata), self._location())
+            check_count_values(
+                self.get_field_data(adata),
+                self._location(),
+                allow_nan=getattr(self, "ALLOWS_MISSING_COUNTS", False),
+            )
         return {
             self.N_OBS_KEY: adata.n_obs,
             self.N_VARS_KEY: adata.n_vars,
