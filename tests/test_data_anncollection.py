@@ -109,7 +109,13 @@ def test_training_matches_the_concatenated_data_read_backed(tmp_path):
         SCVI.setup_anndata(adata, layer=layer, batch_key="dataset", labels_key="labels")
         scvi.settings.seed = 3
         model = SCVI(adata, n_latent=3, n_hidden=16)
-        model.train(max_epochs=2, batch_size=16, enable_progress_bar=False)
+        # random reads for both: block shuffling (the default for backed X) orders cells otherwise
+        model.train(
+            max_epochs=2,
+            batch_size=16,
+            enable_progress_bar=False,
+            datasplitter_kwargs={"load_mode": "random"},
+        )
         latents.append(model.get_latent_representation())
     backed.file.close()
     np.testing.assert_allclose(latents[0], latents[1], atol=1e-4)
