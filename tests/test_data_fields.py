@@ -90,7 +90,7 @@ def test_layer_field_count_warning_texts(adata):
     adata.X = -np.ones_like(adata.X)
     with (
         pytest.warns(UserWarning, match=re.escape("unnormalized count data")),
-        pytest.raises(ValueError, match="adata.X holds a negative value"),
+        pytest.raises(ValueError, match=r"adata\.X holds a negative value"),
     ):
         LayerField("X", None).register_field(adata)
     LayerField("X", None, is_count_data=False).register_field(adata)
