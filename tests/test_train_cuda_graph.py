@@ -54,9 +54,10 @@ def _batch(n_rows: int, n_genes: int = 30, seed: int = 0) -> dict[str, torch.Ten
     }
 
 
-def _loss_and_grads(module, batch, **loss_kwargs):
+def _loss_and_grads(module, batch, mask=None, **loss_kwargs):
     module.zero_grad(set_to_none=True)
-    _, _, output = module(batch, loss_kwargs=loss_kwargs)
+    with cuda_graph.loss_masked(module, mask):
+        _, _, output = module(batch, loss_kwargs=loss_kwargs)
     output.loss.backward()
     grads = {n: p.grad.clone() for n, p in module.named_parameters() if p.grad is not None}
     return output, grads
@@ -174,7 +175,9 @@ def test_mask_of_ones_changes_nothing():
         torch.manual_seed(1)
         _, _, plain = module(batch)
         torch.manual_seed(1)
-        _, _, masked = module(batch, loss_kwargs={"mask": torch.ones(16)})
+        with cuda_graph.loss_masked(module, torch.ones(16)):
+            _, _, masked = module(batch)
+    assert module.loss_mask is None  # only for the duration of the step
     torch.testing.assert_close(masked.loss, plain.loss, rtol=1e-6, atol=1e-6)
 
 

@@ -117,6 +117,10 @@ class VAE(EmbeddingModuleMixin, BaseMinifiedModeModuleClass):
         Keyword arguments of the batch embedding (e.g. ``embedding_dim``).
     """
 
+    #: Per-cell 1/0 weights applied by :meth:`loss` (None: every cell counts); set only for
+    #: the duration of a padded step (see ``scvi_rs.train._cuda_graph``).
+    loss_mask: torch.Tensor | None = None
+
     def __init__(
         self,
         n_input: int,
@@ -478,14 +482,15 @@ class VAE(EmbeddingModuleMixin, BaseMinifiedModeModuleClass):
         inference_outputs: dict,
         generative_outputs: dict,
         kl_weight: torch.Tensor | float = 1.0,
-        mask: torch.Tensor | None = None,
     ) -> LossOutput:
         """Negative ELBO per cell; ``kl_weight`` (warm-up) scales the KL of ``z`` only.
 
-        ``mask`` (optional, one 1/0 weight per cell) leaves the cells with weight 0 out of the
-        loss and zeroes their per-cell terms: a minibatch padded to a fixed size (CUDA graph
-        replays) then has the loss and the gradients of its real cells.
+        When :attr:`loss_mask` is set (one 1/0 weight per cell), the cells with weight 0 are
+        left out of the loss and their per-cell terms zeroed: a minibatch padded to a fixed
+        size (CUDA graph replays) then has the loss and the gradients of its real cells. It is
+        an attribute, not an argument, so that ``loss`` keeps the reference's signature.
         """
+        mask = self.loss_mask
         x = tensors[REGISTRY_KEYS.X_KEY]
         kl_divergence_z = _kl(
             inference_outputs[MODULE_KEYS.QZ_KEY], generative_outputs[MODULE_KEYS.PZ_KEY]

@@ -21,10 +21,10 @@ the step is captured again.
 
 from __future__ import annotations
 
+import contextlib
 import copy
-import inspect
 import warnings
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -119,13 +119,21 @@ def _has_batch_norm(module: torch.nn.Module) -> bool:
 
 
 def _loss_takes_mask(module: torch.nn.Module) -> bool:
-    loss = getattr(module, "loss", None)
-    if not callable(loss):
-        return False
+    # modules whose loss honours a per-cell `loss_mask` attribute (scvi_rs' VAE)
+    return callable(getattr(module, "loss", None)) and hasattr(type(module), "loss_mask")
+
+
+@contextlib.contextmanager
+def loss_masked(module: torch.nn.Module, mask: torch.Tensor | None) -> Iterator[None]:
+    """Run ``module``'s loss with the per-cell ``mask`` (its ``loss_mask``) for a while."""
+    if mask is None:
+        yield
+        return
+    module.loss_mask = mask
     try:
-        return "mask" in inspect.signature(loss).parameters
-    except (TypeError, ValueError):
-        return False
+        yield
+    finally:
+        module.loss_mask = None
 
 
 def _overrides(owner: Any, hook: str) -> bool:
@@ -360,15 +368,14 @@ class CudaGraphStep:
         kwargs = dict(self.plan.loss_kwargs)
         if "kl_weight" in kwargs:
             kwargs["kl_weight"] = self._kl_weight
-        if self._mask is not None:
-            kwargs["mask"] = self._mask
         return kwargs
 
     def _compute(self, zero_grad: bool) -> LossOutput:
         """Forward, loss, backward, clipping and the optimizer step on the static buffers."""
         if zero_grad:
             self.optimizer.zero_grad(set_to_none=True)
-        _, _, loss_output = self.plan.forward(self._static, loss_kwargs=self._loss_kwargs())
+        with loss_masked(self.plan.module, self._mask):
+            _, _, loss_output = self.plan.forward(self._static, loss_kwargs=self._loss_kwargs())
         loss_output.loss.backward()
         clip = self.trainer.gradient_clip_val
         if clip:
