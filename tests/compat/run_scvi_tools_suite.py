@@ -54,6 +54,14 @@ FILES = [
     "tests/train/test_config.py",
     "tests/train/test_trainingplans.py",
     "tests/train/test_callbacks.py",
+    # SCANVI and the semi-supervised framework
+    "tests/model/test_scanvi.py",
+    "tests/module/test_scanvae.py",
+    # MuData, minified models, Pyro modules
+    "tests/data/test_mudata.py",
+    "tests/model/test_models_with_minified_data.py",
+    "tests/model/test_models_with_mudata_minified_data.py",
+    "tests/model/test_pyro.py",
 ]
 
 
