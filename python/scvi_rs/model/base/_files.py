@@ -188,6 +188,16 @@ def _check_zip_records(path: str | os.PathLike) -> None:
             )
 
 
+def _unpickling_error(path: str | os.PathLike, err: Exception, what: str) -> ValueError:
+    """The ``ValueError`` for an unpickling failure: a refused global, or a damaged file."""
+    if "is not allowed" in str(err):
+        return ValueError(
+            f"Refusing to load {path}: it contains objects that scvi-rs does not unpickle "
+            f"({err}). Only tensors, numpy arrays and pandas frames are allowed."
+        )
+    return ValueError(f"The {what} {path} is corrupt or truncated: {err}")
+
+
 def safe_torch_load(path: str | os.PathLike, map_location: Any = None) -> Any:
     """Load a ``torch.save`` file without executing pickled code.
 
@@ -218,12 +228,7 @@ def safe_torch_load(path: str | os.PathLike, map_location: Any = None) -> Any:
             path, map_location=map_location, weights_only=False, pickle_module=_allow_list_pickle
         )
     except pickle.UnpicklingError as err:
-        if "is not allowed" not in str(err):
-            raise ValueError(f"The model file {path} is corrupt or truncated: {err}") from err
-        raise ValueError(
-            f"Refusing to load {path}: it contains objects that scvi-rs does not unpickle "
-            f"({err}). Only tensors, numpy arrays and pandas frames are allowed."
-        ) from None
+        raise _unpickling_error(path, err, "model file") from err
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as err:
         if isinstance(err, FileNotFoundError):
             raise
@@ -253,12 +258,7 @@ def safe_pickle_load(path: str | os.PathLike) -> Any:
         try:
             return _AllowListUnpickler(fh).load()
         except pickle.UnpicklingError as err:
-            if "is not allowed" in str(err):
-                raise ValueError(
-                    f"Refusing to load {path}: it contains objects that scvi-rs does not "
-                    f"unpickle ({err})."
-                ) from None
-            raise ValueError(f"The file {path} is corrupt or truncated: {err}") from err
+            raise _unpickling_error(path, err, "file") from err
         except (EOFError, ValueError, TypeError, AttributeError, IndexError) as err:
             raise ValueError(f"The file {path} is corrupt or truncated: {err}") from err
 
