@@ -5,12 +5,12 @@ from __future__ import annotations
 import logging
 import warnings
 from typing import TYPE_CHECKING, Any
-from uuid import uuid4
 
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from .. import _core
 from .._settings import settings
 from . import _constants
 from ._row_source import RowSource
@@ -192,7 +192,7 @@ def _verify_and_correct_data_format(
 def _assign_adata_uuid(adata: AnnData, overwrite: bool = False) -> None:
     """Give ``adata`` a fresh ``uns['_scvi_uuid']`` (if it has none, or ``overwrite``)."""
     if overwrite or _constants._SCVI_UUID_KEY not in adata.uns:
-        adata.uns[_constants._SCVI_UUID_KEY] = str(uuid4())
+        adata.uns[_constants._SCVI_UUID_KEY] = _core.new_uuid()
 
 
 def _check_if_view(adata: AnnData, copy_if_view: bool = False) -> bool:
