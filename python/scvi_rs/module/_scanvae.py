@@ -13,7 +13,7 @@ from torch.distributions import kl_divergence as torch_kl
 from torch.nn import functional as F
 
 from .._constants import REGISTRY_KEYS
-from ..nn import Encoder, FCLayers
+from ..nn import Decoder, Encoder
 from ._classifier import Classifier, SupervisedModuleClass
 from ._constants import MODULE_KEYS
 from ._vae import VAE, _kl, _norm_flags
@@ -46,55 +46,6 @@ def broadcast_labels(
     else:
         repeated = latent.repeat(1, n_broadcast, 1)
     return labels, repeated
-
-
-class Decoder(nn.Module):
-    """Maps a code to the mean and variance of a Gaussian (scvi-tools' ``scvi.nn.Decoder``).
-
-    Parameters
-    ----------
-    n_input
-        Input width.
-    n_output
-        Output width.
-    n_cat_list
-        Categories of each categorical covariate (see :class:`~scvi_rs.nn.FCLayers`).
-    n_layers
-        Number of hidden layers.
-    n_hidden
-        Width of the hidden layers.
-    **kwargs
-        Further arguments of :class:`~scvi_rs.nn.FCLayers` (no dropout).
-    """
-
-    def __init__(
-        self,
-        n_input: int,
-        n_output: int,
-        n_cat_list: Iterable[int] | None = None,
-        n_layers: int = 1,
-        n_hidden: int = 128,
-        **kwargs: Any,
-    ) -> None:
-        super().__init__()
-        self.decoder = FCLayers(
-            n_in=n_input,
-            n_out=n_hidden,
-            n_cat_list=n_cat_list,
-            n_layers=n_layers,
-            n_hidden=n_hidden,
-            dropout_rate=0,
-            **kwargs,
-        )
-        self.mean_decoder = nn.Linear(n_hidden, n_output)
-        self.var_decoder = nn.Linear(n_hidden, n_output)
-
-    def forward(
-        self, x: torch.Tensor, *cat_list: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Mean and variance, each ``(..., n_output)``."""
-        hidden = self.decoder(x, *cat_list)
-        return self.mean_decoder(hidden), torch.exp(self.var_decoder(hidden))
 
 
 def _split_by_label(per_pair: torch.Tensor, latent: torch.Tensor, n_labels: int) -> torch.Tensor:

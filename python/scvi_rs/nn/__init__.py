@@ -2,7 +2,7 @@
 
 from torch.nn.functional import one_hot
 
-from ._base_components import DecoderSCVI, Encoder, FCLayers
+from ._base_components import Decoder, DecoderSCVI, Encoder, FCLayers
 from ._embedding import Embedding
 
-__all__ = ["DecoderSCVI", "Embedding", "Encoder", "FCLayers", "one_hot"]
+__all__ = ["Decoder", "DecoderSCVI", "Embedding", "Encoder", "FCLayers", "one_hot"]

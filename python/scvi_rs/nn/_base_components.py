@@ -11,7 +11,7 @@ from __future__ import annotations
 import collections
 import itertools
 from collections.abc import Callable, Iterable
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -336,3 +336,52 @@ class DecoderSCVI(nn.Module):
         px_rate = torch.exp(library) * px_scale
         px_r = self.px_r_decoder(px) if dispersion == "gene-cell" else None
         return px_scale, px_r, px_rate, px_dropout
+
+
+class Decoder(nn.Module):
+    """Maps a code to the mean and variance of a Gaussian (scvi-tools' ``scvi.nn.Decoder``).
+
+    Parameters
+    ----------
+    n_input
+        Input width.
+    n_output
+        Output width.
+    n_cat_list
+        Categories of each categorical covariate (see :class:`FCLayers`).
+    n_layers
+        Number of hidden layers.
+    n_hidden
+        Width of the hidden layers.
+    **kwargs
+        Further arguments of :class:`FCLayers` (no dropout).
+    """
+
+    def __init__(
+        self,
+        n_input: int,
+        n_output: int,
+        n_cat_list: Iterable[int] | None = None,
+        n_layers: int = 1,
+        n_hidden: int = 128,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__()
+        self.decoder = FCLayers(
+            n_in=n_input,
+            n_out=n_hidden,
+            n_cat_list=n_cat_list,
+            n_layers=n_layers,
+            n_hidden=n_hidden,
+            dropout_rate=0,
+            **kwargs,
+        )
+        self.mean_decoder = nn.Linear(n_hidden, n_output)
+        self.var_decoder = nn.Linear(n_hidden, n_output)
+
+    def forward(
+        self, x: torch.Tensor, *cat_list: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean and variance, each ``(..., n_output)``."""
+        hidden = self.decoder(x, *cat_list)
+        return self.mean_decoder(hidden), torch.exp(self.var_decoder(hidden))
