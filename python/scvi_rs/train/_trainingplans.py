@@ -640,3 +640,21 @@ def _cpu_fused_adam_available() -> bool:
     except (RuntimeError, TypeError, ValueError):
         return False
     return True
+
+
+# scvi-tools defines its Pyro and semi-supervised plans in this module, and user code
+# imports them from here; they are resolved on first use, as their modules import this one.
+_PLANS_DEFINED_ELSEWHERE = {
+    "LowLevelPyroTrainingPlan": "._pyro_trainingplan",
+    "PyroTrainingPlan": "._pyro_trainingplan",
+    "SemiSupervisedTrainingPlan": "._semisupervised_trainingplan",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _PLANS_DEFINED_ELSEWHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(module, __package__), name)

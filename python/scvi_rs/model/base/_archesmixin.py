@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import logging
 import os
+import sys
 import warnings
 from typing import TYPE_CHECKING, Any
 
@@ -19,8 +20,10 @@ from ...data._constants import _MANAGER_UUID_KEY, _SCVI_UUID_KEY
 from ...nn import FCLayers
 from ...train._device import parse_device_args
 from ._base_model import (
+    _PYRO_PARAM_STORE_KEY,
     _initialize_model,
     _load_saved_files,
+    _pyro_param_store_state,
     _setup_method_name,
     _validate_var_names,
 )
@@ -120,7 +123,7 @@ class ArchesMixin:
         _, _, torch_device = parse_device_args(
             accelerator, device, return_device="torch", validate_single_device=True
         )
-        attr_dict, var_names, state_dict, _ = _get_loaded_data(
+        attr_dict, var_names, state_dict, pyro_param_store = _get_loaded_data(
             reference_model, device=torch_device, adata=adata
         )
         reference_registry = attr_dict.pop("registry_")
@@ -129,10 +132,7 @@ class ArchesMixin:
             _check_query_batches(reference_registry, adata, registry)
 
         if adata is not None:
-            if inplace_subset_query_vars:
-                logger.debug("Subsetting query vars to reference vars.")
-                adata._inplace_subset_var(np.asarray(var_names).astype(str))
-            _validate_var_names(adata, var_names)
+            _match_query_var_names(adata, var_names, inplace_subset_query_vars)
             registry = reference_registry
             if registry.get(_MODEL_NAME_KEY) not in (None, cls.__name__):
                 raise ValueError("It appears you are loading a model from a different class.")
@@ -162,6 +162,8 @@ class ArchesMixin:
 
         model.to_device(torch_device)
         model.module.load_state_dict(_grow_state_dict(state_dict, model.module.state_dict()))
+        if _is_pyro_module(model.module):
+            cls._arches_pyro_setup(model, pyro_param_store)
         model.module.eval()
         _set_params_online_update(
             model.module,
@@ -175,6 +177,128 @@ class ArchesMixin:
         )
         model.is_trained_ = False
         return model
+
+    @staticmethod
+    def _arches_pyro_setup(model: BaseModelClass, pyro_param_store: dict | None) -> None:
+        """Fill Pyro's parameter store of a query model from the reference's store.
+
+        ``on_load`` (one training step) creates the query's parameters; each one the
+        reference has with the same kind of constraint takes the reference's constrained
+        value (enlarged like the state dict's tensors when the query's is larger: the new
+        trailing entries keep their fresh values). The names taken whole are recorded in
+        ``model._block_parameters`` when the model has that attribute.
+
+        Parameters
+        ----------
+        model
+            The query model, with the reference's weights loaded.
+        pyro_param_store
+            The reference's parameter-store state (``{"params": ..., "constraints": ...}``).
+        """
+        import pyro
+        from torch.distributions import transform_to
+
+        model.module.on_load(model)
+        store = pyro.get_param_store()
+        fresh = store.get_state()
+        saved = pyro_param_store or {"params": {}, "constraints": {}}
+        saved_params, saved_constraints = dict(saved["params"]), dict(saved["constraints"])
+        pyro.clear_param_store()
+        taken_whole = []
+        for name, new_unconstrained in fresh["params"].items():
+            new_constraint = fresh["constraints"][name]
+            new_value = transform_to(new_constraint)(new_unconstrained).detach()
+            old_unconstrained = saved_params.get(name)
+            old_constraint = saved_constraints.get(name)
+            if old_unconstrained is None:
+                logger.warning(
+                    "Parameter %s in pyro param_store but not found in reference model.", name
+                )
+                pyro.param(name, new_value.requires_grad_(), constraint=new_constraint)
+                continue
+            if type(new_constraint) is not type(old_constraint):
+                logger.warning(
+                    "Constraint mismatch for %s in pyro param_store. "
+                    "Cannot transfer map parameter.",
+                    name,
+                )
+                pyro.param(name, new_value.requires_grad_(), constraint=new_constraint)
+                continue
+            old_value = transform_to(old_constraint)(
+                old_unconstrained.to(new_unconstrained.device)
+            ).detach()
+            if old_value.shape == new_value.shape:
+                taken_whole.append(name)
+                value = old_value
+            else:
+                value = _grow_tensor(name, old_value, new_value)
+            pyro.param(name, value.clone().requires_grad_(), constraint=old_constraint)
+        if hasattr(model, "_block_parameters"):
+            model._block_parameters = taken_whole
+
+    @staticmethod
+    def prepare_query_mudata(
+        mdata: Any,
+        reference_model: str | os.PathLike | BaseModelClass,
+        return_reference_var_names: bool = False,
+        inplace: bool = True,
+    ) -> Any:
+        """Pad and reorder the genes of every modality of a query MuData to the reference's.
+
+        Each modality the reference was set up with goes through
+        :meth:`prepare_query_anndata`'s padding and reordering; the result holds those
+        modalities, with the query's ``obs`` and ``uns``.
+
+        Parameters
+        ----------
+        mdata
+            Query MuData with the reference's modalities.
+        reference_model
+            A model set up with a MuData, or the directory it was saved to.
+        return_reference_var_names
+            Only return the reference's variable names per modality.
+        inplace
+            Modify ``mdata`` (returns None); otherwise return a new MuData.
+
+        Returns
+        -------
+        MuData, dict of pandas.Index or None
+        """
+        attr_dict, var_names, _, _ = _get_loaded_data(
+            reference_model, device="cpu", load_weights=False
+        )
+        if not isinstance(var_names, dict):
+            raise ValueError(
+                "The reference model's var_names are not saved per modality (it was set up "
+                "with an AnnData, or saved with legacy_mudata_format=True); use "
+                "prepare_query_anndata."
+            )
+        references = {name: pd.Index(np.asarray(v).astype(str)) for name, v in var_names.items()}
+        if return_reference_var_names:
+            return references
+        from ...data.fields._mudata import require_mudata
+
+        modalities = attr_dict["registry_"][_SETUP_ARGS_KEY]["modalities"]
+        used = [m for m in dict.fromkeys(modalities.values()) if m is not None]
+        missing = [m for m in used if m not in mdata.mod]
+        if missing:
+            raise ValueError(
+                "Query MuData does not contain same modalities as reference. Cannot load the "
+                f"original setup (missing: {missing})."
+            )
+        padded = {
+            modality: _pad_and_sort_query_anndata(
+                mdata.mod[modality], references[modality], inplace=False
+            )
+            for modality in used
+        }
+        out = require_mudata().MuData(padded)
+        out.obs = mdata.obs.copy()
+        out.uns = copy.deepcopy(dict(mdata.uns))
+        if not inplace:
+            return out
+        mdata._init_as_actual(out)
+        return None
 
     @staticmethod
     def prepare_query_anndata(
@@ -206,6 +330,11 @@ class ArchesMixin:
         AnnData, pandas.Index or None
         """
         _, var_names, _, _ = _get_loaded_data(reference_model, device="cpu", load_weights=False)
+        if isinstance(var_names, dict):
+            raise ValueError(
+                "The reference model was set up with a MuData (var_names per modality: "
+                f"{sorted(var_names)}); use prepare_query_mudata."
+            )
         reference = pd.Index(np.asarray(var_names).astype(str))
         if return_reference_var_names:
             return reference
@@ -217,7 +346,7 @@ def _get_loaded_data(
     device: Any = None,
     adata: AnnData | None = None,
     load_weights: bool = True,
-) -> tuple[dict, np.ndarray, dict | None, dict | None]:
+) -> tuple[dict, np.ndarray | dict, dict | None, dict | None]:
     """The saved parts of a reference model: a saved directory or a model instance.
 
     Parameters
@@ -234,15 +363,17 @@ def _get_loaded_data(
     Returns
     -------
     tuple
-        ``(attr_dict, var_names, state_dict, pyro_param_store)``; the last is None, as
-        scvi-rs has no Pyro modules whose parameters live outside the state dict.
+        ``(attr_dict, var_names, state_dict, pyro_param_store)``: the Pyro parameter
+        store's state saved with the model (None in files without one), or, for a model
+        instance, the current store's state.
     """
     del adata
     if isinstance(reference_model, str | os.PathLike):
         attr_dict, var_names, state_dict, _ = _load_saved_files(
             os.fspath(reference_model), load_adata=False, map_location=device
         )
-        return attr_dict, var_names, state_dict, None
+        pyro_param_store = state_dict.pop(_PYRO_PARAM_STORE_KEY, None)
+        return attr_dict, var_names, state_dict, pyro_param_store
     if not hasattr(reference_model, "module") or not hasattr(reference_model, "get_var_names"):
         raise TypeError(
             "`reference_model` must be a model instance or the path of a saved model, got "
@@ -253,13 +384,54 @@ def _get_loaded_data(
         for name, value in reference_model._get_user_attributes()
         if name.endswith("_")
     }
-    var_names = np.asarray(reference_model.get_var_names())
+    var_names = reference_model.get_var_names()
+    if not isinstance(var_names, dict):
+        var_names = np.asarray(var_names)
     state_dict = None
     if load_weights:
         state_dict = {
             k: v.detach().clone() for k, v in reference_model.module.state_dict().items()
         }
-    return attr_dict, var_names, state_dict, None
+    return attr_dict, var_names, state_dict, _pyro_param_store_state()
+
+
+def _match_query_var_names(adata: Any, var_names: np.ndarray | dict, subset: bool) -> None:
+    """Check (after subsetting them in place when ``subset``) the query's variables."""
+    from ...data._utils import _is_mudata
+
+    if _is_mudata(adata) and isinstance(var_names, dict):
+        for modality in adata.mod:
+            if modality not in var_names:
+                continue
+            if subset:
+                logger.debug("Subsetting %s query vars to reference vars.", modality)
+                adata.mod[modality]._inplace_subset_var(
+                    np.asarray(var_names[modality]).astype(str)
+                )
+        if subset:
+            adata.update()
+    elif subset:
+        logger.debug("Subsetting query vars to reference vars.")
+        adata._inplace_subset_var(np.asarray(var_names).astype(str))
+    _validate_var_names(adata, var_names)
+
+
+def _is_pyro_module(module: torch.nn.Module) -> bool:
+    """Whether ``module`` is a ``pyro.nn.PyroModule`` (Pyro is not imported to tell)."""
+    pyro_nn = sys.modules.get("pyro.nn")
+    return pyro_nn is not None and isinstance(module, pyro_nn.PyroModule)
+
+
+def _grow_tensor(name: str, old: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
+    """``old`` in the leading block of a copy of ``new`` (whose shape is at least as large)."""
+    if old.dim() != new.dim() or any(o > n for o, n in zip(old.shape, new.shape, strict=True)):
+        raise ValueError(
+            f"Cannot transfer {name!r}: the reference's shape {tuple(old.shape)} does not fit "
+            f"in the query model's {tuple(new.shape)}."
+        )
+    merged = new.detach().clone()
+    merged[tuple(slice(0, size) for size in old.shape)] = old
+    return merged
 
 
 def _check_query_batches(
@@ -305,14 +477,7 @@ def _grow_state_dict(
         if old.shape == new.shape:
             grown[key] = old
             continue
-        if old.dim() != new.dim() or any(o > n for o, n in zip(old.shape, new.shape, strict=True)):
-            raise ValueError(
-                f"Cannot transfer {key!r}: the reference's shape {tuple(old.shape)} does not fit "
-                f"in the query model's {tuple(new.shape)}."
-            )
-        merged = new.detach().clone()
-        merged[tuple(slice(0, size) for size in old.shape)] = old
-        grown[key] = merged
+        grown[key] = _grow_tensor(key, old, new)
     return grown
 
 

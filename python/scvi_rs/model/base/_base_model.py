@@ -5,6 +5,7 @@ from __future__ import annotations
 import inspect
 import logging
 import os
+import sys
 import warnings
 from abc import ABCMeta, abstractmethod
 from collections.abc import Sequence
@@ -39,6 +40,7 @@ _SETUP_ARGS_KEY = "setup_args"
 _SETUP_METHOD_NAME = "setup_method_name"
 _MODEL_NAME_KEY = "model_name"
 _MODELS_WITHOUT_DATA = ("SCVI", "GIMVI", "DIAGVI")
+_PYRO_PARAM_STORE_KEY = "pyro_param_store"
 
 
 class BaseModelMetaClass(ABCMeta):
@@ -514,21 +516,24 @@ class BaseModelClass(metaclass=BaseModelMetaClass):
         """
         return self.registry_[_SETUP_ARGS_KEY][setup_arg]
 
-    def get_var_names(self, legacy_mudata_format: bool = False) -> np.ndarray:
-        """Return the gene names the model was set up with.
+    def get_var_names(self, legacy_mudata_format: bool = False) -> np.ndarray | dict:
+        """Return the variable names the model was set up with.
 
         Parameters
         ----------
         legacy_mudata_format
-            Accepted for compatibility (MuData is not supported).
+            For a MuData, return one flat array of every modality's names concatenated
+            (the layout of older model files) instead of one array per modality.
 
         Returns
         -------
-        numpy.ndarray
-            Variable names as strings.
+        numpy.ndarray or dict
+            Variable names as strings; for a MuData (unless ``legacy_mudata_format``) a
+            dict from modality name to its variable names. Without data, the names of the
+            registered ``X``.
         """
         if self.adata is not None:
-            return self.adata.var_names.astype(str).to_numpy()
+            return _get_var_names(self.adata, legacy_mudata_format=legacy_mudata_format)
         state = self.registry_["field_registries"]["X"]["state_registry"]
         return np.asarray(state["column_names"]).astype(str)
 
@@ -732,7 +737,9 @@ class BaseModelClass(metaclass=BaseModelMetaClass):
 
         Writes ``{prefix}model.pt`` (and ``{prefix}adata.h5ad`` with ``save_anndata``)
         through temporary files renamed into place, so an interrupted save leaves the
-        previous files intact.
+        previous files intact. As in scvi-tools, the state dict also holds
+        ``"pyro_param_store"``: the state of Pyro's parameter store (parameters a guide
+        creates with ``pyro.param`` live only there).
 
         Parameters
         ----------
@@ -747,7 +754,8 @@ class BaseModelClass(metaclass=BaseModelMetaClass):
         save_kwargs
             Keyword arguments of :func:`torch.save`.
         legacy_mudata_format
-            Accepted for compatibility.
+            For a model set up with a MuData, save ``var_names`` as one flat array of every
+            modality's names (the older layout) instead of a dict from modality to names.
         datamodule
             Accepted for compatibility.
         **anndata_write_kwargs
@@ -759,8 +767,10 @@ class BaseModelClass(metaclass=BaseModelMetaClass):
             )
         prefix = prefix or ""
         save_kwargs = save_kwargs or {}
+        state_dict = self.module.state_dict()
+        state_dict[_PYRO_PARAM_STORE_KEY] = _pyro_param_store_state()
         payload = {
-            SAVE_KEYS.MODEL_STATE_DICT_KEY: self.module.state_dict(),
+            SAVE_KEYS.MODEL_STATE_DICT_KEY: state_dict,
             SAVE_KEYS.VAR_NAMES_KEY: self.get_var_names(legacy_mudata_format),
             SAVE_KEYS.ATTR_DICT_KEY: {
                 name: value for name, value in self._get_user_attributes() if name[-1] == "_"
@@ -855,7 +865,8 @@ class BaseModelClass(metaclass=BaseModelMetaClass):
             setup_method = getattr(cls, _setup_method_name(registry))
             setup_method(adata, source_registry=registry, **registry[_SETUP_ARGS_KEY])
         model = _initialize_model(cls, adata if adata is not False else None, registry, attr_dict)
-        model.module.on_load(model)
+        pyro_param_store = state_dict.pop(_PYRO_PARAM_STORE_KEY, None)
+        model.module.on_load(model, pyro_param_store=pyro_param_store)
         try:
             model.module.load_state_dict(state_dict)
         except RuntimeError as err:
@@ -972,7 +983,12 @@ def _load_saved_files(
     prefix: str | None = None,
     map_location: Any = None,
     backup_url: str | None = None,
-) -> tuple[dict, np.ndarray, dict, AnnData | bool | None]:
+) -> tuple[dict, np.ndarray | dict, dict, AnnData | bool | None]:
+    """``(attr_dict, var_names, state_dict, adata)`` of a saved model.
+
+    The state dict keeps its ``"pyro_param_store"`` entry (when saved), as in scvi-tools;
+    ``adata`` is None unless ``load_adata``, and False when no data was saved.
+    """
     import anndata
 
     prefix = prefix or ""
@@ -998,8 +1014,7 @@ def _load_saved_files(
             f"{SAVE_KEYS.ATTR_DICT_KEY!r}."
         )
     state_dict = dict(model[SAVE_KEYS.MODEL_STATE_DICT_KEY])
-    state_dict.pop("pyro_param_store", None)
-    var_names = np.asarray(model[SAVE_KEYS.VAR_NAMES_KEY])
+    var_names = _saved_var_names(model[SAVE_KEYS.VAR_NAMES_KEY], model_path)
     attr_dict = dict(model[SAVE_KEYS.ATTR_DICT_KEY])
     adata: AnnData | bool | None = None
     if load_adata:
@@ -1050,18 +1065,84 @@ def _load_legacy_files(dir_path: str, prefix: str) -> tuple[dict, np.ndarray, di
     return dict(state_dict), var_names, dict(attr_dict)
 
 
-def _validate_var_names(adata: AnnData, source_var_names: np.ndarray) -> None:
-    user_var_names = adata.var_names.astype(str).to_numpy()
+def _get_var_names(adata: Any, legacy_mudata_format: bool = False) -> np.ndarray | dict:
+    """The variable names of an AnnData, or of a MuData per modality (or flat if legacy)."""
+    from ...data._utils import _is_mudata
+
+    if _is_mudata(adata) and not legacy_mudata_format:
+        return {str(name): mod.var_names.astype(str).to_numpy() for name, mod in adata.mod.items()}
+    if not isinstance(adata, AnnData) and not _is_mudata(adata):
+        raise TypeError(
+            f"`adata` must be an AnnData or MuData object, got {type(adata).__name__}."
+        )
+    return adata.var_names.astype(str).to_numpy()
+
+
+def _saved_var_names(saved: Any, path: str) -> np.ndarray | dict:
+    """The ``var_names`` of a model file: an array, or a dict from modality to an array."""
+    if isinstance(saved, dict):
+        return {str(name): np.asarray(names) for name, names in saved.items()}
+    names = np.asarray(saved)
+    if names.ndim != 1:
+        raise ValueError(
+            f"{path} is not a model file: its var_names are neither a list of names nor a "
+            f"dict from modality to names (an array of shape {names.shape})."
+        )
+    return names
+
+
+def _validate_var_names(adata: Any, source_var_names: np.ndarray | dict) -> None:
+    """Raise ``ValueError`` unless ``adata``'s variables are the saved ones, in order.
+
+    Saved per modality (a dict, as a MuData model is saved), every saved modality's names
+    must equal those of the MuData's modality of that name; saved flat, the AnnData's
+    names, or a MuData's names of every modality concatenated (older MuData files).
+    """
+    from ...data._utils import _is_mudata
+
+    if not isinstance(source_var_names, dict):
+        _check_same_var_names(_get_var_names(adata, legacy_mudata_format=True), source_var_names)
+        return
+    if not _is_mudata(adata):
+        raise ValueError(
+            "The model was saved with a MuData (var_names per modality: "
+            f"{sorted(source_var_names)}); load it with a MuData, not an AnnData."
+        )
+    for modality, names in source_var_names.items():
+        if modality not in adata.mod:
+            raise ValueError(
+                f"The MuData has no modality {modality!r}, which the model was saved with "
+                f"(its modalities: {sorted(adata.mod)})."
+            )
+        _check_same_var_names(
+            adata.mod[modality].var_names.astype(str).to_numpy(), names, f"modality {modality!r}"
+        )
+
+
+def _check_same_var_names(
+    user_var_names: np.ndarray, source_var_names: np.ndarray, where: str = "AnnData"
+) -> None:
     source = np.asarray(source_var_names).astype(str)
     if user_var_names.shape != source.shape or not np.array_equal(user_var_names, source):
         source_set, user_set = set(source), set(user_var_names)
         extra = [str(g) for g in user_var_names[:100_000] if g not in source_set][:5]
         missing = [str(g) for g in source[:100_000] if g not in user_set][:5]
         raise ValueError(
-            "The AnnData's var_names do not match the var_names the model was saved with "
+            f"The {where}'s var_names do not match the var_names the model was saved with "
             f"({len(user_var_names)} genes given, {len(source)} saved; not saved: {extra}; "
             f"missing: {missing}). Reorder or subset the genes to the model's var_names."
         )
+
+
+def _pyro_param_store_state() -> dict:
+    """The state of Pyro's parameter store, which scvi-tools saves beside every state dict.
+
+    Pyro is not imported for it: while it is not loaded its store is empty.
+    """
+    pyro = sys.modules.get("pyro")
+    if pyro is None or not hasattr(pyro, "get_param_store"):
+        return {"params": {}, "constraints": {}}
+    return pyro.get_param_store().get_state()
 
 
 def _initialize_model(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import importlib
+import importlib.util
 import logging
 import os
 import pickle
@@ -116,14 +117,56 @@ def _allowed_globals() -> dict[str, Any]:
     return allowed
 
 
+# The constraints of a Pyro parameter store (`pyro.get_param_store().get_state()`, which
+# scvi-tools saves beside every state dict): each pickles as NEWOBJ of its class (no
+# arguments, `__init__` not called) and a BUILD of its `__dict__` (bounds, nested
+# constraints), so resolving the class is all that is needed, and no code runs.
+_CONSTRAINT_MODULES = ("torch.distributions.constraints", "pyro.distributions.constraints")
+
+
+@functools.cache
+def _constraint_class(module: str, name: str) -> type | None:
+    """The constraint class ``module.name``, or None when it is not a plain constraint.
+
+    Accepted: a class defined in one of :data:`_CONSTRAINT_MODULES` whose bases are all
+    constraints (``dependent_property`` also derives from ``property``: refused), with no
+    ``__setstate__`` or ``__reduce__`` of its own (so BUILD only fills its ``__dict__``).
+    """
+    if module not in _CONSTRAINT_MODULES:
+        return None
+    try:
+        namespace = importlib.import_module(module)
+    except ImportError:  # pyro's constraints without pyro installed
+        return None
+    from torch.distributions.constraints import Constraint
+
+    cls = getattr(namespace, name, None)
+    if not isinstance(cls, type) or not issubclass(cls, Constraint) or cls.__module__ != module:
+        return None
+    if not all(base is object or issubclass(base, Constraint) for base in cls.__mro__):
+        return None
+    if getattr(cls, "__setstate__", None) is not None:
+        return None
+    if any(
+        "__reduce__" in vars(base) or "__reduce_ex__" in vars(base) for base in cls.__mro__[:-1]
+    ):
+        return None
+    return cls
+
+
 class _AllowListUnpickler(pickle.Unpickler):
-    """Unpickler that resolves only the globals of :func:`_allowed_globals`."""
+    """Unpickler that resolves only the globals of :func:`_allowed_globals` and constraints."""
 
     def find_class(self, module: str, name: str) -> Any:
         module = {"__builtin__": "builtins", "copy_reg": "copyreg"}.get(module, module)
         obj = _allowed_globals().get(f"{module}.{name}")
         if obj is None:
-            raise pickle.UnpicklingError(f"global {module}.{name} is not allowed")
+            obj = _constraint_class(module, name)
+        if obj is None:
+            hint = ""
+            if module.split(".")[0] == "pyro" and importlib.util.find_spec("pyro") is None:
+                hint = " (it needs Pyro, which is not installed)"
+            raise pickle.UnpicklingError(f"global {module}.{name} is not allowed{hint}")
         return obj
 
 
@@ -193,7 +236,8 @@ def _unpickling_error(path: str | os.PathLike, err: Exception, what: str) -> Val
     if "is not allowed" in str(err):
         return ValueError(
             f"Refusing to load {path}: it contains objects that scvi-rs does not unpickle "
-            f"({err}). Only tensors, numpy arrays and pandas frames are allowed."
+            f"({err}). Only tensors, numpy arrays, pandas frames and the constraints of a "
+            "Pyro parameter store are allowed."
         )
     return ValueError(f"The {what} {path} is corrupt or truncated: {err}")
 
@@ -201,8 +245,9 @@ def _unpickling_error(path: str | os.PathLike, err: Exception, what: str) -> Val
 def safe_torch_load(path: str | os.PathLike, map_location: Any = None) -> Any:
     """Load a ``torch.save`` file without executing pickled code.
 
-    Only tensors, containers, numpy arrays/scalars and pandas frames/indexes are rebuilt
-    (an unpickler with an explicit allow-list of globals); anything else is refused.
+    Only tensors, containers, numpy arrays/scalars, pandas frames/indexes and the
+    constraint objects of a Pyro parameter store are rebuilt (an unpickler with an explicit
+    allow-list of globals); anything else is refused.
 
     Parameters
     ----------

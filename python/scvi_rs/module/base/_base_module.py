@@ -259,3 +259,15 @@ class BaseMinifiedModeModuleClass(BaseModuleClass):
         if MODULE_KEYS.QZM_KEY in kwargs and MODULE_KEYS.QZV_KEY in kwargs:
             return self._cached_inference(*args, **kwargs)
         return self._regular_inference(*args, **kwargs)
+
+
+# scvi-tools defines these in this module; code written for it imports them from here.
+from ._pyro import PyroBaseModuleClass  # noqa: E402, F401
+
+
+def __getattr__(name: str) -> Any:
+    if name == "AutoMoveDataPredictive":  # built on first use: it needs Pyro
+        from . import _pyro
+
+        return _pyro.AutoMoveDataPredictive
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,309 @@
+"""Pyro models in model files: the parameter store is saved, restored and safely unpickled.
+
+A guide's ``pyro.param`` lives only in Pyro's parameter store (not in the module's state
+dict); as in scvi-tools, ``save`` writes the store's state into ``model_state_dict`` under
+``"pyro_param_store"`` and ``load`` hands it to ``module.on_load``. The cross-checks with
+scvi-tools 1.4.2 run its interpreter in a subprocess and are skipped where it is missing
+(set ``SCVI_TOOLS_PYTHON`` to an interpreter that has it).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import types
+
+import numpy as np
+import pytest
+import torch
+
+import scvi_rs
+from scvi_rs.model.base._files import safe_pickle_load, safe_torch_load
+
+pyro = pytest.importorskip("pyro")
+from torch.distributions import constraints  # noqa: E402
+
+# One model, written against the scvi-tools API, built here with scvi_rs and in the
+# scvi-tools subprocess with scvi: the guide's Gamma parameters live only in the store.
+MODEL_CODE = """
+import pyro
+import pyro.distributions as dist
+import torch
+from torch.distributions import constraints
+
+import {package} as scvi
+
+
+class StoreParamModule(scvi.module.base.PyroBaseModuleClass):
+    def __init__(self, n_genes):
+        super().__init__()
+        self.n_genes = n_genes
+        self.log_scale = torch.nn.Parameter(torch.zeros(n_genes))
+
+    @staticmethod
+    def _get_fn_args_from_batch(tensors):
+        return (tensors[scvi.REGISTRY_KEYS.X_KEY],), {{}}
+
+    def model(self, x):
+        pyro.module("store_param", self)
+        ones = x.new_ones(self.n_genes)
+        rate = pyro.sample("rate", dist.Gamma(ones, ones).to_event(1))
+        with pyro.plate("cells", x.shape[0]):
+            pyro.sample("obs", dist.Poisson(rate * self.log_scale.exp()).to_event(1), obs=x)
+
+    def guide(self, x):
+        pyro.module("store_param", self)
+        concentration = pyro.param(
+            "rate_concentration",
+            lambda: 2 * x.new_ones(self.n_genes),
+            constraint=constraints.positive,
+        )
+        rate = pyro.param(
+            "rate_rate", lambda: x.new_ones(self.n_genes), constraint=constraints.positive
+        )
+        pyro.sample("rate", dist.Gamma(concentration, rate).to_event(1))
+
+
+class StoreParamModel(scvi.model.base.PyroSviTrainMixin, scvi.model.base.BaseModelClass):
+    def __init__(self, adata):
+        pyro.clear_param_store()
+        super().__init__(adata)
+        self.module = StoreParamModule(adata.n_vars)
+        self._model_summary_string = "StoreParamModel"
+        self.init_params_ = self._get_init_params(locals())
+
+    @classmethod
+    def setup_anndata(cls, adata, **kwargs):
+        setup_method_args = cls._get_setup_method_args(**locals())
+        fields = [scvi.data.fields.LayerField(scvi.REGISTRY_KEYS.X_KEY, None, is_count_data=True)]
+        manager = scvi.data.AnnDataManager(fields=fields, setup_method_args=setup_method_args)
+        manager.register_fields(adata, **kwargs)
+        cls.register_manager(manager)
+
+
+def train_and_save(path):
+    scvi.settings.seed = 0
+    adata = scvi.data.synthetic_iid(batch_size=40, n_genes=12, n_batches=1)
+    StoreParamModel.setup_anndata(adata)
+    model = StoreParamModel(adata)
+    model.train(max_epochs=3, batch_size=40, lr=0.05, accelerator="cpu")
+    model.save(path, save_anndata=True, overwrite=True)
+    return model
+
+
+def report(model):
+    store = pyro.get_param_store()
+    return {{
+        "rate_concentration": pyro.param("rate_concentration").tolist(),
+        "rate_rate": pyro.param("rate_rate").tolist(),
+        "log_scale": model.module.log_scale.tolist(),
+        "names": sorted(store.keys()),
+    }}
+"""
+
+DRIVER = """
+import json, sys, warnings
+warnings.simplefilter("ignore")
+mode, path = sys.argv[1], sys.argv[2]
+if mode == "save":
+    model = train_and_save(path)
+else:
+    model = StoreParamModel.load(path, accelerator="cpu")
+print(json.dumps(report(model)))
+"""
+
+
+def _scvi_rs_namespace() -> dict:
+    namespace: dict = {"__name__": "pyro_files_model"}
+    exec(MODEL_CODE.format(package="scvi_rs"), namespace)
+    return namespace
+
+
+@pytest.fixture
+def ns():
+    namespace = _scvi_rs_namespace()
+    yield types.SimpleNamespace(**namespace)
+    pyro.clear_param_store()
+
+
+def _store_only_values(report: dict) -> dict:
+    return {key: np.asarray(report[key]) for key in ("rate_concentration", "rate_rate")}
+
+
+def test_param_held_only_in_the_store_survives_save_and_load(ns, tmp_path):
+    model = ns.train_and_save(str(tmp_path / "m"))
+    before = ns.report(model)
+    assert "rate_concentration" not in dict(model.module.named_parameters())
+    # training moved the guide's parameters away from their initial values
+    assert not np.allclose(before["rate_concentration"], 2.0)
+
+    pyro.clear_param_store()
+    loaded = ns.StoreParamModel.load(str(tmp_path / "m"), accelerator="cpu")
+    after = ns.report(loaded)
+    for key, value in _store_only_values(before).items():
+        np.testing.assert_array_equal(after[key], value)
+    np.testing.assert_array_equal(after["log_scale"], before["log_scale"])
+    assert after["names"] == before["names"]
+
+
+def test_model_file_holds_the_store_with_its_constraints(ns, tmp_path):
+    model = ns.train_and_save(str(tmp_path / "m"))
+    saved = safe_torch_load(str(tmp_path / "m" / "model.pt"))
+    store = saved["model_state_dict"]["pyro_param_store"]
+    assert set(store) == {"params", "constraints"}
+    assert {"rate_concentration", "rate_rate", "store_param$$$log_scale"} <= set(store["params"])
+    constraint = store["constraints"]["rate_concentration"]
+    assert isinstance(constraint, type(constraints.positive))
+    assert constraint.lower_bound == 0.0
+    np.testing.assert_allclose(
+        constraints.positive.check(torch.tensor([1.0])), constraint.check(torch.tensor([1.0]))
+    )
+    # the store holds unconstrained values: positive is mapped through exp
+    unconstrained = store["params"]["rate_concentration"]
+    np.testing.assert_allclose(
+        unconstrained.exp().detach().numpy(),
+        pyro.param("rate_concentration").detach().numpy(),
+        rtol=1e-6,
+    )
+    # the module's own weights are still all a plain state dict holds besides the store
+    assert set(saved["model_state_dict"]) == {"log_scale", "pyro_param_store"}
+    assert model.is_trained
+
+
+def test_non_pyro_model_file_holds_an_empty_store_or_the_current_one(tmp_path):
+    pyro.clear_param_store()
+    adata = scvi_rs.data.synthetic_iid(batch_size=30, n_genes=10, n_batches=1)
+    scvi_rs.model.SCVI.setup_anndata(adata)
+    model = scvi_rs.model.SCVI(adata, n_latent=2, n_hidden=8)
+    model.save(str(tmp_path / "scvi"))
+    store = safe_torch_load(str(tmp_path / "scvi" / "model.pt"))["model_state_dict"][
+        "pyro_param_store"
+    ]
+    assert store == {"params": {}, "constraints": {}}
+    loaded = scvi_rs.model.SCVI.load(str(tmp_path / "scvi"), adata=adata)
+    assert set(loaded.module.state_dict()) == set(model.module.state_dict())
+
+
+def test_query_model_takes_the_reference_store(ns, tmp_path):
+    """``_arches_pyro_setup`` refills the store with the reference's values, by name."""
+    model = ns.train_and_save(str(tmp_path / "m"))
+    before = ns.report(model)
+    reference_store = safe_torch_load(str(tmp_path / "m" / "model.pt"))["model_state_dict"][
+        "pyro_param_store"
+    ]
+    query = ns.StoreParamModel(model.adata)
+    query._block_parameters = None
+    scvi_rs.model.base.ArchesMixin._arches_pyro_setup(query, reference_store)
+    after = ns.report(query)
+    for key, value in _store_only_values(before).items():
+        np.testing.assert_allclose(after[key], value, rtol=1e-6)
+    assert "rate_concentration" in query._block_parameters
+
+
+# -- the allow-list of constraint classes -------------------------------------------------------
+def _save_and_load(obj, tmp_path):
+    path = tmp_path / "obj.pt"
+    torch.save(obj, path)
+    return safe_torch_load(str(path))
+
+
+@pytest.mark.parametrize(
+    "constraint",
+    [
+        constraints.positive,
+        constraints.real,
+        constraints.simplex,
+        constraints.unit_interval,
+        constraints.interval(-1.0, torch.tensor(3.0)),
+        constraints.independent(constraints.positive, 1),
+        constraints.greater_than_eq(2.0),
+        constraints.lower_cholesky,
+        pyro.distributions.constraints.softplus_positive,
+        pyro.distributions.constraints.ordered_vector,
+    ],
+    ids=repr,
+)
+def test_store_constraints_round_trip(constraint, tmp_path):
+    loaded = _save_and_load({"c": constraint}, tmp_path)["c"]
+    assert type(loaded) is type(constraint)
+    assert vars(loaded).keys() == vars(constraint).keys()
+    value = torch.tensor([[0.5, 0.0], [0.2, 0.8]])
+    torch.testing.assert_close(loaded.check(value), constraint.check(value))
+    transform, expected = (
+        torch.distributions.transform_to(loaded),
+        (torch.distributions.transform_to(constraint)),
+    )
+    torch.testing.assert_close(transform(value), expected(value))
+
+
+@pytest.mark.parametrize(
+    "name",
+    # `dependent_property` also derives from `property`; `is_dependent` is a function;
+    # `torch` is a module the constraints module imports; a dotted name reaches into a class
+    ["dependent_property", "is_dependent", "torch", "Constraint.check", "_Real.__init__"],
+)
+def test_other_attributes_of_the_constraints_module_are_refused(name, tmp_path):
+    path = tmp_path / "forged.pkl"
+    path.write_bytes(b"\x80\x02ctorch.distributions.constraints\n" + name.encode() + b"\n.")
+    with pytest.raises(ValueError, match="not allowed"):
+        safe_pickle_load(str(path))
+
+
+def test_a_class_outside_the_constraint_modules_is_refused(tmp_path):
+    # a Transform is as harmless as a constraint, but no parameter store holds one
+    with pytest.raises(ValueError, match=r"torch.distributions.transforms.ExpTransform"):
+        _save_and_load({"t": torch.distributions.transforms.ExpTransform()}, tmp_path)
+
+
+# -- cross-checks with scvi-tools 1.4.2 --------------------------------------------------------
+def _scvi_tools_python() -> str | None:
+    candidates = [os.environ.get("SCVI_TOOLS_PYTHON")]
+    if importlib.util.find_spec("scvi") is not None:
+        candidates.append(sys.executable)
+    for venv in ("scvi-tools", "scvi-rs-compat"):
+        candidates.append(os.path.expanduser(f"~/.venvs/{venv}/bin/python"))
+    for candidate in candidates:
+        if candidate and os.path.exists(candidate):
+            return candidate
+    return None
+
+
+def _run_scvi_tools(mode: str, path: str) -> dict:
+    python = _scvi_tools_python()
+    if python is None:
+        pytest.skip("scvi-tools is not installed (set SCVI_TOOLS_PYTHON to use another venv)")
+    script = MODEL_CODE.format(package="scvi") + DRIVER
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    env.pop("PYTHONPATH", None)  # no import alias: `scvi` must be scvi-tools itself
+    proc = subprocess.run(
+        [python, "-c", script, mode, path], capture_output=True, text=True, env=env, timeout=600
+    )
+    if proc.returncode != 0 and "No module named 'scvi'" in proc.stderr:
+        pytest.skip(f"{python} cannot import scvi")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_scvi_tools_pyro_file_loads_in_scvi_rs(ns, tmp_path):
+    path = str(tmp_path / "reference")
+    theirs = _run_scvi_tools("save", path)
+    pyro.clear_param_store()
+    model = ns.StoreParamModel.load(path, accelerator="cpu")
+    ours = ns.report(model)
+    for key, value in _store_only_values(theirs).items():
+        np.testing.assert_allclose(ours[key], value, rtol=1e-6)
+    np.testing.assert_allclose(ours["log_scale"], theirs["log_scale"], rtol=1e-6)
+    assert ours["names"] == theirs["names"]
+
+
+def test_scvi_rs_pyro_file_loads_in_scvi_tools(ns, tmp_path):
+    path = str(tmp_path / "ours")
+    ours = ns.report(ns.train_and_save(path))
+    theirs = _run_scvi_tools("load", path)
+    for key, value in _store_only_values(ours).items():
+        np.testing.assert_allclose(theirs[key], value, rtol=1e-6)
+    np.testing.assert_allclose(theirs["log_scale"], ours["log_scale"], rtol=1e-6)
+    assert theirs["names"] == ours["names"]
