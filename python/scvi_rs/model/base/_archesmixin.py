@@ -25,6 +25,7 @@ from ._base_model import (
     _load_saved_files,
     _pyro_param_store_state,
     _setup_method_name,
+    _used_modalities,
     _validate_var_names,
 )
 
@@ -132,7 +133,9 @@ class ArchesMixin:
             _check_query_batches(reference_registry, adata, registry)
 
         if adata is not None:
-            _match_query_var_names(adata, var_names, inplace_subset_query_vars)
+            _match_query_var_names(
+                adata, var_names, inplace_subset_query_vars, _used_modalities(reference_registry)
+            )
             registry = reference_registry
             if registry.get(_MODEL_NAME_KEY) not in (None, cls.__name__):
                 raise ValueError("It appears you are loading a model from a different class.")
@@ -395,7 +398,9 @@ def _get_loaded_data(
     return attr_dict, var_names, state_dict, _pyro_param_store_state()
 
 
-def _match_query_var_names(adata: Any, var_names: np.ndarray | dict, subset: bool) -> None:
+def _match_query_var_names(
+    adata: Any, var_names: np.ndarray | dict, subset: bool, used_modalities: list[str] | None
+) -> None:
     """Check (after subsetting them in place when ``subset``) the query's variables."""
     from ...data._utils import _is_mudata
 
@@ -413,7 +418,7 @@ def _match_query_var_names(adata: Any, var_names: np.ndarray | dict, subset: boo
     elif subset:
         logger.debug("Subsetting query vars to reference vars.")
         adata._inplace_subset_var(np.asarray(var_names).astype(str))
-    _validate_var_names(adata, var_names)
+    _validate_var_names(adata, var_names, used_modalities)
 
 
 def _is_pyro_module(module: torch.nn.Module) -> bool:

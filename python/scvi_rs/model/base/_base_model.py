@@ -861,7 +861,7 @@ class BaseModelClass(metaclass=BaseModelMetaClass):
                     "Saved model does not contain original setup inputs. "
                     "Cannot load the original setup."
                 )
-            _validate_var_names(adata, var_names)
+            _validate_var_names(adata, var_names, _used_modalities(registry))
             setup_method = getattr(cls, _setup_method_name(registry))
             setup_method(adata, source_registry=registry, **registry[_SETUP_ARGS_KEY])
         model = _initialize_model(cls, adata if adata is not False else None, registry, attr_dict)
@@ -1091,36 +1091,62 @@ def _saved_var_names(saved: Any, path: str) -> np.ndarray | dict:
     return names
 
 
-def _validate_var_names(adata: Any, source_var_names: np.ndarray | dict) -> None:
+def _validate_var_names(
+    adata: Any, source_var_names: np.ndarray | dict, used_modalities: Sequence[str] | None = None
+) -> None:
     """Raise ``ValueError`` unless ``adata``'s variables are the saved ones, in order.
 
-    Saved per modality (a dict, as a MuData model is saved), every saved modality's names
-    must equal those of the MuData's modality of that name; saved flat, the AnnData's
-    names, or a MuData's names of every modality concatenated (older MuData files).
+    Saved per modality (a dict, as a MuData model is saved), the MuData must have each of
+    ``used_modalities`` (every saved one when None) with the saved names; a modality the
+    model does not read only gets a warning when its names differ (scvi-tools warns for
+    every modality). Saved flat: the AnnData's names, or a MuData's names of every
+    modality concatenated (older MuData files).
     """
     from ...data._utils import _is_mudata
 
     if not isinstance(source_var_names, dict):
-        _check_same_var_names(_get_var_names(adata, legacy_mudata_format=True), source_var_names)
+        _check_same_var_names(
+            _get_var_names(adata, legacy_mudata_format=True), source_var_names, "the AnnData"
+        )
         return
     if not _is_mudata(adata):
         raise ValueError(
             "The model was saved with a MuData (var_names per modality: "
             f"{sorted(source_var_names)}); load it with a MuData, not an AnnData."
         )
+    required = source_var_names if used_modalities is None else used_modalities
+    missing = [m for m in required if m in source_var_names and m not in adata.mod]
+    if missing:
+        raise ValueError(
+            f"The MuData lacks the modalities {missing} that the model was saved with "
+            f"(its modalities: {sorted(adata.mod)})."
+        )
     for modality, names in source_var_names.items():
         if modality not in adata.mod:
-            raise ValueError(
-                f"The MuData has no modality {modality!r}, which the model was saved with "
-                f"(its modalities: {sorted(adata.mod)})."
+            continue
+        user_names = adata.mod[modality].var_names.astype(str).to_numpy()
+        try:
+            _check_same_var_names(user_names, names, f"modality {modality!r}")
+        except ValueError as err:
+            if modality in required:
+                raise
+            warnings.warn(
+                f"{err} The model does not read this modality.",
+                UserWarning,
+                stacklevel=settings.warnings_stacklevel,
             )
-        _check_same_var_names(
-            adata.mod[modality].var_names.astype(str).to_numpy(), names, f"modality {modality!r}"
-        )
+
+
+def _used_modalities(registry: dict) -> list[str] | None:
+    """The modalities a ``setup_mudata`` registry reads (None when it names none)."""
+    modalities = registry.get(_SETUP_ARGS_KEY, {}).get("modalities")
+    if not isinstance(modalities, dict):
+        return None
+    return [str(m) for m in dict.fromkeys(modalities.values()) if m is not None]
 
 
 def _check_same_var_names(
-    user_var_names: np.ndarray, source_var_names: np.ndarray, where: str = "AnnData"
+    user_var_names: np.ndarray, source_var_names: np.ndarray, where: str
 ) -> None:
     source = np.asarray(source_var_names).astype(str)
     if user_var_names.shape != source.shape or not np.array_equal(user_var_names, source):
@@ -1128,7 +1154,7 @@ def _check_same_var_names(
         extra = [str(g) for g in user_var_names[:100_000] if g not in source_set][:5]
         missing = [str(g) for g in source[:100_000] if g not in user_set][:5]
         raise ValueError(
-            f"The {where}'s var_names do not match the var_names the model was saved with "
+            f"The var_names of {where} do not match the var_names the model was saved with "
             f"({len(user_var_names)} genes given, {len(source)} saved; not saved: {extra}; "
             f"missing: {missing}). Reorder or subset the genes to the model's var_names."
         )
