@@ -307,3 +307,23 @@ def test_scvi_rs_pyro_file_loads_in_scvi_tools(ns, tmp_path):
         np.testing.assert_allclose(theirs[key], value, rtol=1e-6)
     np.testing.assert_allclose(theirs["log_scale"], ours["log_scale"], rtol=1e-6)
     assert theirs["names"] == ours["names"]
+
+
+def test_best_checkpoint_of_a_pyro_model_restores_the_store(ns, tmp_path):
+    """``SaveCheckpoint(load_best_on_end=True)`` puts back the best save's store values."""
+    scvi_rs.settings.seed = 0
+    adata = scvi_rs.data.synthetic_iid(batch_size=40, n_genes=12, n_batches=1)
+    ns.StoreParamModel.setup_anndata(adata)
+    model = ns.StoreParamModel(adata)
+    # the highest loss is the best, here (seed 0) an earlier epoch's save, not the last state
+    checkpoint = scvi_rs.train.SaveCheckpoint(
+        dirpath=str(tmp_path / "ckpt"), monitor="elbo_train", mode="max", load_best_on_end=True
+    )
+    model.train(max_epochs=4, batch_size=40, lr=0.05, accelerator="cpu", callbacks=[checkpoint])
+    assert not os.path.basename(checkpoint.best_model_path).startswith("epoch=3-")
+    best = safe_torch_load(os.path.join(checkpoint.best_model_path, "model.pt"))
+    store = best["model_state_dict"]["pyro_param_store"]
+    expected = store["params"]["rate_concentration"].exp().detach().numpy()
+    np.testing.assert_allclose(pyro.param("rate_concentration").detach().numpy(), expected)
+    # the Pyro plan logs no validation metric, as in scvi-tools
+    assert not any("validation" in key for key in model.history)

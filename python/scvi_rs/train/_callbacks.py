@@ -627,8 +627,12 @@ class SaveCheckpoint(Callback):
         _, _, state_dict, _ = _load_saved_files(
             self.best_model_path, load_adata=False, map_location=pl_module.module.device
         )
-        state_dict.pop("pyro_param_store", None)
+        pyro_param_store = state_dict.pop("pyro_param_store", None)
         pl_module.module.load_state_dict(state_dict)
+        if pyro_param_store and pyro_param_store.get("params"):
+            import pyro  # only a Pyro model's save holds parameters in the store
+
+            pyro.get_param_store().set_state(pyro_param_store)
 
     def on_train_end(self, trainer: Trainer, pl_module: TrainingPlan) -> None:
         """Load the best save's weights when ``load_best_on_end``."""

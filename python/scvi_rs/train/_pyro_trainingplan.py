@@ -214,6 +214,20 @@ class LowLevelPyroTrainingPlan(TrainingPlan):
             self.log("elbo_train", elbo, prog_bar=True)
         self.training_step_outputs.clear()
 
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        """Nothing: scvi-tools' Pyro plans have no validation step (Lightning then skips
+        their validation loop), so no validation metric is logged, even where a callback
+        (``SaveCheckpoint``, early stopping) makes the trainer validate.
+
+        Parameters
+        ----------
+        batch
+            Tensors keyed by registry key (unused).
+        batch_idx
+            Index of the minibatch (unused).
+        """
+        return None
+
     def configure_optimizers(self) -> torch.optim.Optimizer:
         """The ``optim`` class over the module's parameters, with ``optim_kwargs``."""
         params = list(self.module.parameters())
