@@ -154,7 +154,9 @@ def test_legacy_layout_is_one_flat_array_and_still_loads(ns, tmp_path):
     renamed = model.adata.copy()
     renamed.mod["rna"].var_names = [f"other_{i}" for i in range(renamed.mod["rna"].n_vars)]
     renamed.update()
-    with pytest.raises(ValueError, match="var_names of the AnnData do not match"):
+    with pytest.raises(
+        ValueError, match=r"var_names of the MuData \(every modality's, in order\) do not match"
+    ):
         SCVI.load(str(tmp_path / "m"), adata=renamed)
 
 

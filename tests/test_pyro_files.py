@@ -327,3 +327,44 @@ def test_best_checkpoint_of_a_pyro_model_restores_the_store(ns, tmp_path):
     np.testing.assert_allclose(pyro.param("rate_concentration").detach().numpy(), expected)
     # the Pyro plan logs no validation metric, as in scvi-tools
     assert not any("validation" in key for key in model.history)
+
+
+# -- scvi-tools' private import paths of the Pyro classes ----------------------------------------
+def test_scvi_tools_private_paths_of_the_pyro_classes():
+    from scvi_rs.model.base import _pyromixin
+    from scvi_rs.module.base import _base_module, _pyro
+    from scvi_rs.train import _trainingplans
+
+    assert _trainingplans.PyroTrainingPlan is scvi_rs.train.PyroTrainingPlan
+    assert _trainingplans.LowLevelPyroTrainingPlan is scvi_rs.train.LowLevelPyroTrainingPlan
+    assert _base_module.PyroBaseModuleClass is scvi_rs.module.base.PyroBaseModuleClass
+    assert _base_module.AutoMoveDataPredictive is _pyro.AutoMoveDataPredictive
+    assert _pyromixin.PyroSviTrainMixin is scvi_rs.model.base.PyroSviTrainMixin
+    with pytest.raises(AttributeError, match="no attribute 'NoSuchPlan'"):
+        _trainingplans.NoSuchPlan  # noqa: B018
+
+
+def test_the_private_paths_resolve_without_pyro(tmp_path):
+    code = (
+        "import sys; sys.modules['pyro'] = None\n"
+        "import scvi_rs\n"
+        "from scvi_rs.train._trainingplans import PyroTrainingPlan\n"
+        "from scvi_rs.module.base._base_module import PyroBaseModuleClass\n"
+        "adata = scvi_rs.data.synthetic_iid(batch_size=20, n_genes=8, n_batches=1)\n"
+        "scvi_rs.model.SCVI.setup_anndata(adata)\n"
+        f"scvi_rs.model.SCVI(adata, n_latent=2).save({str(tmp_path / 'm')!r})\n"
+        f"scvi_rs.model.SCVI.load({str(tmp_path / 'm')!r}, adata=adata)\n"
+        "assert sys.modules['pyro'] is None\n"
+        # a Pyro constraint cannot be rebuilt without Pyro: refused, saying so
+        "from scvi_rs.model.base._files import safe_pickle_load\n"
+        f"path = {str(tmp_path / 'c.pkl')!r}\n"
+        "open(path, 'wb').write(b'\\x80\\x02cpyro.distributions.constraints\\n"
+        "_SoftplusPositive\\n.')\n"
+        "try:\n    safe_pickle_load(path)\nexcept ValueError as err:\n"
+        "    assert 'it needs Pyro, which is not installed' in str(err), err\n"
+        "else:\n    raise AssertionError('loaded')\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]

@@ -1105,8 +1105,9 @@ def _validate_var_names(
     from ...data._utils import _is_mudata
 
     if not isinstance(source_var_names, dict):
+        where = "the MuData (every modality's, in order)" if _is_mudata(adata) else "the AnnData"
         _check_same_var_names(
-            _get_var_names(adata, legacy_mudata_format=True), source_var_names, "the AnnData"
+            _get_var_names(adata, legacy_mudata_format=True), source_var_names, where
         )
         return
     if not _is_mudata(adata):
