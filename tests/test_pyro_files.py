@@ -34,6 +34,9 @@ import pyro.distributions as dist
 import torch
 from torch.distributions import constraints
 
+from pyro.infer.autoguide import AutoNormal, init_to_mean
+from pyro.nn import PyroModule, PyroSample
+
 import {package} as scvi
 
 
@@ -102,17 +105,106 @@ def report(model):
         "log_scale": model.module.log_scale.tolist(),
         "names": sorted(store.keys()),
     }}
+
+
+# A PyroModule regression with an AutoNormal guide (scvi-tools' BayesianRegression in
+# small): its scales are stored under pyro's own softplus_positive constraint.
+class Regression(PyroModule):
+    def __init__(self, n_in):
+        super().__init__()
+        self.register_buffer("zero", torch.tensor(0.0))
+        self.register_buffer("one", torch.tensor(1.0))
+        self.linear = PyroModule[torch.nn.Linear](n_in, 1)
+        self.linear.weight = PyroSample(
+            lambda m: dist.Normal(self.zero, self.one).expand([1, n_in]).to_event(2)
+        )
+        self.linear.bias = PyroSample(
+            lambda m: dist.Normal(self.zero, self.one).expand([1]).to_event(1)
+        )
+
+    def forward(self, x, y):
+        sigma = pyro.sample("sigma", dist.Exponential(self.one))
+        mean = self.linear(x).squeeze(-1)
+        with pyro.plate("obs_plate", x.shape[0]):
+            pyro.sample("obs", dist.Normal(mean, sigma), obs=y)
+
+
+class AutoGuideModule(scvi.module.base.PyroBaseModuleClass):
+    def __init__(self, n_in):
+        super().__init__()
+        self._model = Regression(n_in)
+        self._guide = AutoNormal(self._model, init_loc_fn=init_to_mean)
+
+    @staticmethod
+    def _get_fn_args_from_batch(tensors):
+        x = torch.log1p(tensors[scvi.REGISTRY_KEYS.X_KEY])
+        return (x, tensors[scvi.REGISTRY_KEYS.LABELS_KEY].squeeze(-1).float()), {{}}
+
+    @property
+    def model(self):
+        return self._model
+
+    @property
+    def guide(self):
+        return self._guide
+
+
+class AutoGuideModel(scvi.model.base.PyroSviTrainMixin, scvi.model.base.BaseModelClass):
+    def __init__(self, adata):
+        pyro.clear_param_store()
+        super().__init__(adata)
+        self.module = AutoGuideModule(adata.n_vars)
+        self._model_summary_string = "AutoGuideModel"
+        self.init_params_ = self._get_init_params(locals())
+
+    @classmethod
+    def setup_anndata(cls, adata, **kwargs):
+        setup_method_args = cls._get_setup_method_args(**locals())
+        fields = [
+            scvi.data.fields.LayerField(scvi.REGISTRY_KEYS.X_KEY, None, is_count_data=True),
+            scvi.data.fields.CategoricalObsField(scvi.REGISTRY_KEYS.LABELS_KEY, "labels"),
+        ]
+        manager = scvi.data.AnnDataManager(fields=fields, setup_method_args=setup_method_args)
+        manager.register_fields(adata, **kwargs)
+        cls.register_manager(manager)
+
+
+def train_and_save_auto(path):
+    scvi.settings.seed = 0
+    adata = scvi.data.synthetic_iid(batch_size=40, n_genes=12, n_batches=1)
+    AutoGuideModel.setup_anndata(adata)
+    model = AutoGuideModel(adata)
+    model.train(max_epochs=3, batch_size=40, lr=0.05, accelerator="cpu")
+    model.save(path, save_anndata=True, overwrite=True)
+    return model
+
+
+def report_auto(model):
+    model.module.cpu()
+    medians = model.module.guide.quantiles([0.5])
+    return {{
+        "sigma": medians["sigma"][0].tolist(),
+        "linear.weight": medians["linear.weight"][0].tolist(),
+        "names": sorted(pyro.get_param_store().keys()),
+    }}
+
+
+KINDS = {{
+    "store": (StoreParamModel, train_and_save, report),
+    "auto": (AutoGuideModel, train_and_save_auto, report_auto),
+}}
 """
 
 DRIVER = """
 import json, sys, warnings
 warnings.simplefilter("ignore")
-mode, path = sys.argv[1], sys.argv[2]
+mode, kind, path = sys.argv[1:4]
+cls, train_and_save_kind, report_kind = KINDS[kind]
 if mode == "save":
-    model = train_and_save(path)
+    model = train_and_save_kind(path)
 else:
-    model = StoreParamModel.load(path, accelerator="cpu")
-print(json.dumps(report(model)))
+    model = cls.load(path, accelerator="cpu")
+print(json.dumps(report_kind(model)))
 """
 
 
@@ -271,7 +363,7 @@ def _scvi_tools_python() -> str | None:
     return None
 
 
-def _run_scvi_tools(mode: str, path: str) -> dict:
+def _run_scvi_tools(mode: str, path: str, kind: str = "store") -> dict:
     python = _scvi_tools_python()
     if python is None:
         pytest.skip("scvi-tools is not installed (set SCVI_TOOLS_PYTHON to use another venv)")
@@ -279,7 +371,11 @@ def _run_scvi_tools(mode: str, path: str) -> dict:
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     env.pop("PYTHONPATH", None)  # no import alias: `scvi` must be scvi-tools itself
     proc = subprocess.run(
-        [python, "-c", script, mode, path], capture_output=True, text=True, env=env, timeout=600
+        [python, "-c", script, mode, kind, path],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
     )
     if proc.returncode != 0 and "No module named 'scvi'" in proc.stderr:
         pytest.skip(f"{python} cannot import scvi")
@@ -368,3 +464,24 @@ def test_the_private_paths_resolve_without_pyro(tmp_path):
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=300
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+def test_autoguide_files_of_either_library_load_in_the_other(ns, tmp_path):
+    """AutoNormal keeps its scales under pyro's softplus_positive constraint."""
+    theirs_dir, ours_dir = str(tmp_path / "reference"), str(tmp_path / "ours")
+    theirs = _run_scvi_tools("save", theirs_dir, kind="auto")
+    constraint = safe_torch_load(os.path.join(theirs_dir, "model.pt"))["model_state_dict"][
+        "pyro_param_store"
+    ]["constraints"]["AutoNormal.scales.sigma"]
+    assert type(constraint).__name__ == "_SoftplusPositive"
+    pyro.clear_param_store()
+    loaded = ns.report_auto(ns.AutoGuideModel.load(theirs_dir, accelerator="cpu"))
+    for key in ("sigma", "linear.weight"):
+        np.testing.assert_allclose(loaded[key], theirs[key], rtol=1e-6)
+    assert loaded["names"] == theirs["names"]
+
+    ours = ns.report_auto(ns.train_and_save_auto(ours_dir))
+    back = _run_scvi_tools("load", ours_dir, kind="auto")
+    for key in ("sigma", "linear.weight"):
+        np.testing.assert_allclose(back[key], ours[key], rtol=1e-6)
+    assert back["names"] == ours["names"]
