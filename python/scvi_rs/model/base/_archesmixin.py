@@ -281,8 +281,7 @@ class ArchesMixin:
             return references
         from ...data.fields._mudata import require_mudata
 
-        modalities = attr_dict["registry_"][_SETUP_ARGS_KEY]["modalities"]
-        used = [m for m in dict.fromkeys(modalities.values()) if m is not None]
+        used = _used_modalities(attr_dict["registry_"]) or list(references)
         missing = [m for m in used if m not in mdata.mod]
         if missing:
             raise ValueError(
