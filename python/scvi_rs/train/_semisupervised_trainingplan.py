@@ -10,6 +10,7 @@ import torch
 from ._callbacks import Callback
 from ._config import _fields_as_kwargs
 from ._constants import METRIC_KEYS
+from ._metrics import EpochAccumulator
 from ._trainingplans import TrainingPlan
 
 if TYPE_CHECKING:
@@ -84,8 +85,9 @@ def multiclass_calibration_error(
         0-d float tensor.
     """
     scores = scores.detach().float()
-    if not bool(((scores >= 0) & (scores <= 1)).all()):
-        scores = scores.softmax(dim=1)
+    # selected on the device (no host read): logits go through a softmax, probabilities not
+    in_unit_interval = ((scores >= 0) & (scores <= 1)).all()
+    scores = torch.where(in_unit_interval, scores, scores.softmax(dim=1))
     confidence, predicted = scores.max(dim=1)
     correct = (predicted == target).to(confidence.dtype)
     boundaries = torch.linspace(0, 1, n_bins + 1, device=scores.device, dtype=confidence.dtype)
@@ -98,6 +100,46 @@ def multiclass_calibration_error(
     safe_count = count.clamp(min=1)
     share = count / count.sum().clamp(min=1)
     return ((acc_sum / safe_count - conf_sum / safe_count).abs() * share).sum()
+
+
+_CLASSIFICATION_METRICS = (
+    METRIC_KEYS.CLASSIFICATION_LOSS_KEY,
+    METRIC_KEYS.ACCURACY_KEY,
+    METRIC_KEYS.F1_SCORE_KEY,
+    METRIC_KEYS.CALIBRATION_ERROR_KEY,
+)
+
+
+def classification_step_values(
+    classification_loss: torch.Tensor, logits: torch.Tensor, true_labels: torch.Tensor
+) -> torch.Tensor:
+    """The classification metrics of one labelled minibatch, stacked on its device.
+
+    Parameters
+    ----------
+    classification_loss
+        0-d cross-entropy of the minibatch.
+    logits
+        ``(n, n_classes)`` classifier output.
+    true_labels
+        True classes, ``(n,)`` or ``(n, 1)``.
+
+    Returns
+    -------
+    torch.Tensor
+        ``(4,)`` float tensor: loss, accuracy, micro F1 and calibration error, in the order
+        of ``_CLASSIFICATION_METRICS``.
+    """
+    target = true_labels.reshape(-1).long()
+    logits = logits.detach()
+    predicted = torch.argmax(logits, dim=-1)
+    values = (
+        classification_loss.detach().float().reshape(()),
+        multiclass_accuracy(predicted, target),
+        multiclass_f1_score(predicted, target),
+        multiclass_calibration_error(logits, target),
+    )
+    return torch.stack(values)
 
 
 def _split_batch(batch: Any) -> tuple[dict, dict | None]:
@@ -225,24 +267,68 @@ class SemiSupervisedTrainingPlan(TrainingPlan):
         super().compute_and_log_metrics(loss_output, metrics, mode)
         if loss_output.classification_loss is None:
             return
-        true_labels = loss_output.true_labels.reshape(-1).long()
-        logits = loss_output.logits.detach()
-        predicted = torch.argmax(logits, dim=-1)
-        values = {
-            METRIC_KEYS.CLASSIFICATION_LOSS_KEY: loss_output.classification_loss,
-            METRIC_KEYS.ACCURACY_KEY: multiclass_accuracy(predicted, true_labels),
-            METRIC_KEYS.F1_SCORE_KEY: multiclass_f1_score(predicted, true_labels),
-            METRIC_KEYS.CALIBRATION_ERROR_KEY: multiclass_calibration_error(logits, true_labels),
-        }
-        for key, value in values.items():
+        step_values = classification_step_values(
+            loss_output.classification_loss, loss_output.logits, loss_output.true_labels
+        )
+        n_obs = loss_output.n_obs_minibatch
+        if self.on_epoch and not self.on_step and mode == self._stage():
+            # Epoch means only (the default): one running sum for the four metrics, handed
+            # to the epoch accumulator when the epoch's metrics are read.
+            self._add_classification_sums(mode, step_values, n_obs)
+            return
+        for key, value in zip(_CLASSIFICATION_METRICS, step_values.unbind(), strict=True):
             self.log_with_mode(
-                key,
-                value,
-                mode,
-                on_step=self.on_step,
-                on_epoch=self.on_epoch,
-                batch_size=loss_output.n_obs_minibatch,
+                key, value, mode, on_step=self.on_step, on_epoch=self.on_epoch, batch_size=n_obs
             )
+
+    @property
+    def _classification_sums(self) -> dict[str, tuple[torch.Tensor, int]]:
+        """Stage -> (weighted sums of the classification metrics, their total weight)."""
+        sums = self.__dict__.get("_pending_classification_sums")
+        if sums is None:
+            sums = self.__dict__["_pending_classification_sums"] = {}
+        return sums
+
+    def _add_classification_sums(self, stage: str, values: torch.Tensor, weight: int) -> None:
+        sums = self._classification_sums
+        weight = weight or 1
+        weighted = values.to(torch.float64) * weight
+        if stage in sums:
+            total, total_weight = sums[stage]
+            sums[stage] = (total + weighted, total_weight + weight)
+        else:
+            sums[stage] = (weighted, weight)
+
+    def flush_epoch_metrics(self, stage: str) -> tuple[dict[str, float], dict[str, float]]:
+        """Read the epoch means of ``stage``, the classification metrics among them.
+
+        Parameters
+        ----------
+        stage
+            ``"train"`` or ``"validation"``.
+
+        Returns
+        -------
+        tuple of dict
+            As :meth:`TrainingPlan.flush_epoch_metrics`.
+        """
+        pending = self._classification_sums.pop(stage, None)
+        if pending is not None:
+            total, weight = pending
+            accumulator = self._epoch_metrics.setdefault(stage, EpochAccumulator())
+            for key, numerator in zip(_CLASSIFICATION_METRICS, total.unbind(), strict=True):
+                accumulator.add(f"{stage}_{key}", numerator, weight)
+        return super().flush_epoch_metrics(stage)
+
+    def initialize_train_metrics(self) -> None:
+        """Start the training metrics afresh, the classification ones included."""
+        super().initialize_train_metrics()
+        self._classification_sums.pop("train", None)
+
+    def initialize_val_metrics(self) -> None:
+        """Start the validation metrics afresh, the classification ones included."""
+        super().initialize_val_metrics()
+        self._classification_sums.pop("validation", None)
 
 
 @dataclass
@@ -311,6 +397,7 @@ __all__ = [
     "SemiSupervisedTrainingPlan",
     "SemiSupervisedTrainingPlanConfig",
     "SubSampleLabels",
+    "classification_step_values",
     "multiclass_accuracy",
     "multiclass_calibration_error",
     "multiclass_f1_score",
