@@ -32,6 +32,9 @@ def _rust():
     return _core
 
 
+_COUNT_SLICE = 1 << 20
+
+
 def codes_dtype(n_categories: int) -> np.dtype:
     """Smallest signed integer dtype pandas would use for ``n_categories`` codes."""
     if n_categories < _INT8_MAX:
@@ -73,15 +76,26 @@ def _pandas_codes(values: np.ndarray, mapping: np.ndarray) -> np.ndarray:
     return pd.Index(mapping).get_indexer(pd.Index(values)).astype(np.int64, copy=False)
 
 
+def _categorical_parts(column: Any) -> tuple[pd.Index, np.ndarray]:
+    """Categories and codes of a categorical column, without building a Series.
+
+    ``Series.cat.codes`` makes a new Series on the column's index, and pandas then builds
+    the index's hash table (about 25 bytes per cell for string obs names, kept for the
+    life of ``adata.obs``); the Categorical underneath holds both parts directly.
+    """
+    values = column.array if isinstance(column, pd.Series) else column
+    return values.categories, np.asarray(values.codes)
+
+
 def encode(column: Any, mapping: np.ndarray) -> np.ndarray:
     """Codes of ``column`` against ``mapping``; unknown or missing values give ``-1``."""
     mapping = np.asarray(mapping)
     if isinstance(getattr(column, "dtype", None), pd.CategoricalDtype):
-        categories = _as_values(column.cat.categories)
-        lut = encode(categories, mapping)
+        categories, codes = _categorical_parts(column)
+        lut = encode(_as_values(categories), mapping)
         # position -1 of the extended table turns pandas' NaN code into -1 again
         lut = np.append(lut, -1)
-        return lut[np.asarray(column.cat.codes)]
+        return lut[codes]
     values = _as_values(column)
     try:
         codes = _rust().encode_categorical(values, mapping)
@@ -93,8 +107,8 @@ def encode(column: Any, mapping: np.ndarray) -> np.ndarray:
 def build(column: Any) -> tuple[np.ndarray, np.ndarray]:
     """Mapping and codes for a fresh registration (codes ``-1`` where values are missing)."""
     if isinstance(getattr(column, "dtype", None), pd.CategoricalDtype):
-        mapping = column.cat.categories.to_numpy(copy=True)
-        return mapping, np.asarray(column.cat.codes)
+        categories, codes = _categorical_parts(column)
+        return categories.to_numpy(copy=True), codes
     values = _as_values(column)
     try:
         mapping, codes = _rust().factorize(values)
@@ -129,6 +143,15 @@ def categorical_failure(
     return ValueError(message)
 
 
+def _category_counts(codes: np.ndarray, n_categories: int) -> np.ndarray:
+    """Cells per code, counted in slices so no int64 copy of all the codes is made."""
+    counts = np.zeros(n_categories, dtype=np.int64)
+    for start in range(0, codes.size, _COUNT_SLICE):
+        part = codes[start : start + _COUNT_SLICE].astype(np.intp, copy=False)
+        counts += np.bincount(part, minlength=n_categories)
+    return counts
+
+
 def store_codes(
     frame: pd.DataFrame,
     column_key: str,
@@ -145,7 +168,7 @@ def store_codes(
         raise categorical_failure(column_key, mapping, column, codes)
     frame[target_key] = codes.astype(codes_dtype(n), copy=False)
     if codes.size:
-        counts = np.bincount(codes.astype(np.intp, copy=False), minlength=n)
+        counts = _category_counts(codes, n)
         present = np.flatnonzero(counts)
         least = present[np.argmin(counts[present])]
         if counts[least] < 3:

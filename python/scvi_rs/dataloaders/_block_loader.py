@@ -49,6 +49,7 @@ _BLOCK_BYTES = 32 << 20
 _SHUFFLE_WINDOW = 4
 _MIN_BLOCK_ROWS = 256
 _POLL_S = 0.1
+_HANDOFF_POLL_S = 0.002
 _JOIN_TIMEOUT_S = 10.0
 _DONE = object()
 _IN_MEMORY = "<in memory>"
@@ -374,10 +375,6 @@ class BlockSampler:
         if not 0 <= rank < num_replicas:
             raise ValueError(f"rank {rank} is not in [0, {num_replicas}).")
         cells = np.asarray(cells).reshape(-1)
-        # int32 rows where they fit: 4 bytes per cell of a 20M-cell file rather than 8
-        small = cells.size == 0 or int(cells.max()) < np.iinfo(np.int32).max
-        self.cells = cells.astype(np.int32 if small else np.int64)
-        self.cells.sort()
         self.block_size = int(block_size)
         self.shuffle_window = int(shuffle_window)
         self.shuffle = shuffle
@@ -386,13 +383,56 @@ class BlockSampler:
         self.rank = int(rank)
         self.epoch = 0
         self._epoch_set = False
-        # cells are sorted: each block's cells are one slice, found without per-cell temporaries
-        n_blocks = int(self.cells[-1]) // self.block_size + 1 if len(self.cells) else 0
-        bounds = np.searchsorted(self.cells, np.arange(n_blocks + 1) * self.block_size)
-        nonempty = np.flatnonzero(np.diff(bounds) > 0)
-        self.block_ids = nonempty
-        self.block_offsets = np.append(bounds[nonempty], len(self.cells)).astype(np.int64)
-        self.num_samples = -(-len(self.cells) // self.num_replicas)
+        self.n_cells = int(cells.size)
+        self._index_cells(cells)
+        self.num_samples = -(-self.n_cells // self.num_replicas)
+
+    def _index_cells(self, cells: np.ndarray) -> None:
+        """Per-block counts and a compact record of which file rows are cells.
+
+        Distinct cells (a split's training set) are kept as a bitmap, an eighth of a byte
+        per file row, so the loader's memory hardly grows with the file; cells given with
+        repeats are kept as a sorted array, each repeat yielded like any other cell.
+        """
+        n_rows = int(cells.max()) + 1 if cells.size else 0
+        member = np.zeros(n_rows, dtype=np.bool_)
+        member[cells] = True
+        n_distinct = int(np.count_nonzero(member))
+        n_blocks = -(-n_rows // self.block_size)
+        if n_distinct == cells.size:
+            counts = (
+                np.add.reduceat(
+                    member.view(np.uint8), np.arange(n_blocks) * self.block_size, dtype=np.int64
+                )
+                if n_blocks
+                else np.zeros(0, np.int64)
+            )
+            self._bits = np.packbits(member, bitorder="little")
+            self._sorted = None
+        else:
+            small = int(cells.max()) < np.iinfo(np.int32).max
+            self._sorted = np.sort(cells.astype(np.int32 if small else np.int64))
+            counts = np.bincount(self._sorted // self.block_size, minlength=n_blocks)
+            self._bits = None
+        del member
+        counts = np.asarray(counts, dtype=np.int64)
+        self.block_ids = np.flatnonzero(counts)
+        self.block_offsets = np.concatenate([[0], np.cumsum(counts[self.block_ids])]).astype(
+            np.int64
+        )
+
+    def _block_cells(self, k: int) -> np.ndarray:
+        """File rows (sorted, int64) of the cells in the ``k``-th non-empty block."""
+        if self._sorted is not None:
+            lo, hi = self.block_offsets[k], self.block_offsets[k + 1]
+            return self._sorted[lo:hi].astype(np.int64)
+        start = int(self.block_ids[k]) * self.block_size
+        stop = start + self.block_size
+        first_byte, shift = divmod(start, 8)
+        bits = np.unpackbits(self._bits[first_byte : -(-stop // 8)], bitorder="little")[
+            shift : shift + self.block_size
+        ]
+        return np.flatnonzero(bits).astype(np.int64) + start
 
     def set_epoch(self, epoch: int) -> None:
         """Use the order of epoch ``epoch`` next (the trainer calls this every epoch)."""
@@ -403,7 +443,8 @@ class BlockSampler:
         return self.num_samples
 
     def _my_pieces(self, order: np.ndarray) -> list[tuple[int, int, int]]:
-        """``(block, first cell, end cell)`` of this process's run of the block ``order``."""
+        """``(block, first cell, end cell)`` of this process's run of the block ``order``;
+        cells are counted within each block."""
         counts = np.diff(self.block_offsets)[order]
         ends = np.cumsum(counts)
         total = int(ends[-1]) if len(ends) else 0
@@ -415,10 +456,8 @@ class BlockSampler:
             begin = int(ends[i] - counts[i])
             if begin >= hi:
                 break
-            k = int(order[i])
-            base = int(self.block_offsets[k])
             a, b = max(lo, begin) - begin, min(hi, int(ends[i])) - begin
-            pieces.append((k, base + a, base + b))
+            pieces.append((int(order[i]), a, b))
         return pieces
 
     def windows(self) -> Iterator[_WindowPlan]:
@@ -454,11 +493,12 @@ class BlockSampler:
     ) -> _WindowPlan:
         # each piece is read from its first to its last cell; pieces close in the file
         # (sequential epochs, neighbouring blocks) become one read
+        chosen = [self._block_cells(k)[a:b] for k, a, b in pieces if b > a]
         spans = sorted(
-            (int(self.cells[a]), int(self.cells[b - 1]) + 1, a, b) for _, a, b in pieces if b > a
+            ((int(c[0]), int(c[-1]) + 1, i) for i, c in enumerate(chosen)), key=lambda t: t[0]
         )
         reads: list[list[int]] = []
-        for start, stop, _, _ in spans:
+        for start, stop, _ in spans:
             if reads and start - reads[-1][1] <= self.block_size // 8:
                 reads[-1][1] = max(reads[-1][1], stop)
             else:
@@ -466,8 +506,8 @@ class BlockSampler:
         read_starts = np.array([r[0] for r in reads], dtype=np.int64)
         read_offsets = np.cumsum([0] + [r[1] - r[0] for r in reads])[:-1]
         file_rows, local_rows = [], []
-        for start, _, a, b in spans:
-            cells = self.cells[a:b]
+        for start, _, i in spans:
+            cells = chosen[i]
             r = int(np.searchsorted(read_starts, start, side="right")) - 1
             file_rows.append(cells)
             local_rows.append(cells - read_starts[r] + read_offsets[r])
@@ -504,6 +544,17 @@ def _get(q: queue.Queue, stop: threading.Event, producer: threading.Thread | Non
                     raise RuntimeError("the block loader's reader stopped unexpectedly") from None
 
 
+def _wait_taken(q: queue.Queue, stop: threading.Event) -> None:
+    """Wait until the consumer has taken what was put in ``q``.
+
+    The reader starts the next window only once the decoder holds the last one, so at
+    most two windows are alive (one decoded, one read): peak memory is the same whatever
+    the relative speed of disk and decoder, and does not grow with the file.
+    """
+    while not q.empty() and not stop.wait(_HANDOFF_POLL_S):
+        pass
+
+
 def _read_windows(
     source: _BlockSource, plans: Iterator[_WindowPlan], out: queue.Queue, stop: threading.Event
 ) -> None:
@@ -520,6 +571,8 @@ def _read_windows(
                 window = source.read(plan.blocks)
             if not _put(out, (plan, window), stop):
                 return
+            if window is not None:
+                _wait_taken(out, stop)
     except BaseException as exc:  # forwarded to the consumer, raised there
         _put(out, exc, stop)
         return
@@ -557,9 +610,13 @@ def _decode_batches(
                 n_pending += take
                 pos += take
                 if n_pending == batch_size:
-                    if not _put(out, make_batch(pending), stop):
-                        return
+                    # the batch is a copy: drop the window references before waiting on a full
+                    # queue, so an older window is freed while the reader fills the next one
+                    batch = make_batch(pending)
                     pending, n_pending = [], 0
+                    if not _put(out, batch, stop):
+                        return
+                    del batch
         if n_pending and not drop_last and not stop.is_set():
             _put(out, make_batch(pending), stop)
     except BaseException as exc:
@@ -730,7 +787,11 @@ class BlockLoader:
             indices = np.asarray(indices)
             if indices.dtype == np.bool_:
                 indices = np.flatnonzero(indices)
-            indices = indices.astype(np.int64, copy=False).reshape(-1)
+            if indices.dtype.kind not in "iu":
+                raise TypeError(
+                    f"indices must be integers or a boolean mask, got {indices.dtype}."
+                )
+            indices = indices.reshape(-1)
         if indices.size and (indices.min() < 0 or indices.max() >= n_obs):
             raise IndexError(f"indices must lie in [0, {n_obs}).")
         self.indices = indices

@@ -217,6 +217,10 @@ class DataSplitter:
             indices = _core.legacy_permutation(n_obs, None if seed is None else int(seed))
         else:
             indices = np.arange(n_obs)
+        # the same cells as int32 where they fit: the three sets are views of one array,
+        # 4 bytes per cell of the data set (80 MB less for 20M cells)
+        if n_obs <= np.iinfo(np.int32).max:
+            indices = indices.astype(np.int32)
         self.val_idx = indices[:n_val]
         self.train_idx = indices[n_val : n_val + n_train]
         self.test_idx = indices[n_val + n_train :]

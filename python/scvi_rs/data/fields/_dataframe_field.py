@@ -172,12 +172,20 @@ class CategoricalDataFrameField(BaseDataFrameField):
         }
 
     def register_field(self, adata: AnnData) -> dict:
-        if self.is_default:
-            self._setup_default_attr(adata)
-        super().register_field(adata)
         frame = getattr(adata, self.attr_name)
-        column = frame[self._original_attr_key]
-        mapping, codes = _encoding.build(column)
+        if self.is_default:
+            # one category, 0, for every cell: its codes are written directly as int8 (the
+            # dtype they end in) rather than built from an int64 column of zeros
+            self._original_attr_key = self.attr_key
+            codes = np.zeros(frame.shape[0], dtype=np.int8)
+            frame[self.attr_key] = codes
+            super().register_field(adata)
+            mapping = np.zeros(1, dtype=np.int64)
+            column = frame[self.attr_key]
+        else:
+            super().register_field(adata)
+            column = frame[self._original_attr_key]
+            mapping, codes = _encoding.build(column)
         _encoding.store_codes(
             frame, self._original_attr_key, self.attr_key, mapping, codes, column
         )
