@@ -91,6 +91,27 @@ def test_every_cell_once_per_epoch(shuffle, block_size, window):
         np.testing.assert_array_equal(order, np.sort(cells))
 
 
+@pytest.mark.parametrize("dtype", [np.int32, np.int64, np.uint32])
+def test_repeated_cells_are_yielded_as_often_as_given(dtype):
+    cells = np.concatenate([np.arange(0, 300, 3), np.arange(0, 60, 3)]).astype(dtype)
+    for shuffle in (True, False):
+        sampler = BlockSampler(cells, 16, 2, shuffle, seed=0)
+        np.testing.assert_array_equal(np.sort(_epoch_order(sampler)), np.sort(cells))
+
+
+def test_loader_keeps_the_callers_index_array_without_a_copy():
+    adata = scvi.data.synthetic_iid(batch_size=50, n_batches=2)
+    scvi.model.SCVI.setup_anndata(adata)
+    manager = scvi.model.SCVI(adata).adata_manager
+    indices = np.arange(10, 90, dtype=np.int32)
+    loader = BlockLoader(manager, indices=indices, batch_size=16, shuffle=True)
+    assert np.shares_memory(loader.indices, indices)
+    seen = np.concatenate([b["X"].shape[0] * [0] for b in loader])
+    assert len(seen) == len(indices)
+    with pytest.raises(TypeError, match="integers or a boolean mask"):
+        BlockLoader(manager, indices=indices.astype(float), batch_size=16)
+
+
 def test_orders_are_seeded_per_epoch():
     cells = np.arange(1000)
 
