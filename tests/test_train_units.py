@@ -178,3 +178,18 @@ def test_metric_hooks_run_at_plan_creation_and_can_be_overridden():
     plan._epoch_metrics["train"].add("elbo_train", 1.0, 1)
     plan.initialize_train_metrics()
     assert "elbo_train" not in plan._epoch_metrics["train"]
+
+
+def test_configs_defined_beside_their_plans_are_found_in_the_config_module():
+    pytest.importorskip("pyro")
+    import scvi_rs.train as train
+    from scvi_rs.train import _config
+
+    for name in (
+        "PyroTrainingPlanConfig",
+        "LowLevelPyroTrainingPlanConfig",
+        "SemiSupervisedTrainingPlanConfig",
+    ):
+        assert getattr(_config, name) is getattr(train, name)
+    with pytest.raises(AttributeError, match="no attribute 'NoSuchConfig'"):
+        _config.NoSuchConfig  # noqa: B018

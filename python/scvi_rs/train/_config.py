@@ -150,3 +150,21 @@ def merge_kwargs(config: Any, overrides: Any, *, name: str) -> dict[str, Any]:
     merged = _as_kwargs(config, "config", name)
     merged.update(_as_kwargs(overrides, "kwargs", name))
     return merged
+
+
+# configs defined beside their plans, also found here as in scvi-tools' ``scvi.train._config``
+# (looked up on first use: the Pyro module imports pyro, an optional extra)
+_CONFIGS_ELSEWHERE = {
+    "LowLevelPyroTrainingPlanConfig": "._pyro_trainingplan",
+    "PyroTrainingPlanConfig": "._pyro_trainingplan",
+    "SemiSupervisedTrainingPlanConfig": "._semisupervised_trainingplan",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _CONFIGS_ELSEWHERE:
+        import importlib
+
+        module = importlib.import_module(_CONFIGS_ELSEWHERE[name], __package__)
+        return getattr(module, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
