@@ -335,5 +335,93 @@ class SCANVI(
         adata_manager.register_fields(adata, **kwargs)
         cls.register_manager(adata_manager)
 
+    @classmethod
+    def setup_mudata(
+        cls,
+        mdata: Any,
+        labels_key: str,
+        unlabeled_category: str,
+        rna_layer: str | None = None,
+        batch_key: str | None = None,
+        size_factor_key: str | None = None,
+        categorical_covariate_keys: list[str] | None = None,
+        continuous_covariate_keys: list[str] | None = None,
+        modalities: dict[str, str] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        """Register a MuData for :class:`SCANVI` (an scvi_rs addition; needs ``mudata``).
+
+        Parameters
+        ----------
+        mdata
+            MuData with raw RNA counts in one modality.
+        labels_key
+            ``obs`` column of cell labels.
+        unlabeled_category
+            Value of ``labels_key`` marking unlabelled cells.
+        rna_layer
+            Layer of the RNA modality holding the counts; its ``X`` when None.
+        batch_key, size_factor_key
+            ``obs`` columns, as in :meth:`setup_anndata`, of the modality ``modalities``
+            names for them (of ``mdata.obs`` when it names none).
+        categorical_covariate_keys, continuous_covariate_keys
+            ``obs`` columns of extra covariates, read the same way.
+        modalities
+            ``{argument name: modality}``; ``"rna_layer"`` is required, e.g.
+            ``{"rna_layer": "rna", "labels_key": "rna"}``.
+        **kwargs
+            Passed to :meth:`AnnDataManager.register_fields`.
+        """
+        if labels_key is None:
+            raise ValueError(
+                "SCANVI.setup_mudata needs `labels_key`, the obs column holding the labels."
+            )
+        setup_method_args = cls._get_setup_method_args(**locals())
+        from ..data.fields import _mudata_fields as mu
+        from ..data.fields._mudata import require_mudata
+
+        require_mudata()
+        modalities = cls._create_modalities_attr_dict(modalities, setup_method_args)
+        mudata_fields = [
+            mu.MuDataLayerField(
+                REGISTRY_KEYS.X_KEY,
+                rna_layer,
+                mod_key=modalities.rna_layer,
+                is_count_data=True,
+                mod_required=True,
+            ),
+            mu.MuDataCategoricalObsField(
+                REGISTRY_KEYS.BATCH_KEY, batch_key, mod_key=modalities.batch_key
+            ),
+            mu.MuDataLabelsWithUnlabeledObsField(
+                REGISTRY_KEYS.LABELS_KEY,
+                labels_key,
+                unlabeled_category,
+                mod_key=modalities.labels_key,
+            ),
+            mu.MuDataNumericalObsField(
+                REGISTRY_KEYS.SIZE_FACTOR_KEY,
+                size_factor_key,
+                mod_key=modalities.size_factor_key,
+                required=False,
+            ),
+            mu.MuDataCategoricalJointObsField(
+                REGISTRY_KEYS.CAT_COVS_KEY,
+                categorical_covariate_keys,
+                mod_key=modalities.categorical_covariate_keys,
+            ),
+            mu.MuDataNumericalJointObsField(
+                REGISTRY_KEYS.CONT_COVS_KEY,
+                continuous_covariate_keys,
+                mod_key=modalities.continuous_covariate_keys,
+            ),
+        ]
+        minify_type = _get_adata_minify_type(mdata)
+        if minify_type is not None:  # stored on the MuData itself (mdata.obsm, mdata.obs)
+            mudata_fields += cls._get_fields_for_adata_minification(minify_type)
+        adata_manager = AnnDataManager(fields=mudata_fields, setup_method_args=setup_method_args)
+        adata_manager.register_fields(mdata, **kwargs)
+        cls.register_manager(adata_manager)
+
 
 __all__ = ["SCANVI"]

@@ -246,7 +246,9 @@ class SemisupervisedTrainingMixin:
         mean_attrs = attrs.mean(axis=0)
         std_attrs = attrs.std(axis=0)
         order = np.argsort(mean_attrs)[::-1]
-        features = np.asarray(self.get_var_names()).astype(str)
+        # the genes of the registered X: for a MuData model those of its RNA modality
+        x_state = self.adata_manager.get_state_registry(REGISTRY_KEYS.X_KEY)
+        features = np.asarray(x_state["column_names"]).astype(str)
         if len(features) != attrs.shape[1]:
             raise ValueError(
                 f"The attributions have {attrs.shape[1]} features but the model has "
