@@ -22,7 +22,7 @@ from ..data.fields import (
 )
 from ..module import SCANVAE
 from ..train._semisupervised_trainingplan import SemiSupervisedTrainingPlan
-from ._scvi import _init_library_size
+from ._scvi import _init_library_size, register_mudata_fields, rna_mudata_fields
 from .base import (
     ArchesMixin,
     BaseMinifiedModeModelClass,
@@ -382,46 +382,22 @@ class SCANVI(
 
         require_mudata()
         modalities = cls._create_modalities_attr_dict(modalities, setup_method_args)
-        mudata_fields = [
-            mu.MuDataLayerField(
-                REGISTRY_KEYS.X_KEY,
-                rna_layer,
-                mod_key=modalities.rna_layer,
-                is_count_data=True,
-                mod_required=True,
-            ),
-            mu.MuDataCategoricalObsField(
-                REGISTRY_KEYS.BATCH_KEY, batch_key, mod_key=modalities.batch_key
-            ),
-            mu.MuDataLabelsWithUnlabeledObsField(
-                REGISTRY_KEYS.LABELS_KEY,
-                labels_key,
-                unlabeled_category,
-                mod_key=modalities.labels_key,
-            ),
-            mu.MuDataNumericalObsField(
-                REGISTRY_KEYS.SIZE_FACTOR_KEY,
-                size_factor_key,
-                mod_key=modalities.size_factor_key,
-                required=False,
-            ),
-            mu.MuDataCategoricalJointObsField(
-                REGISTRY_KEYS.CAT_COVS_KEY,
-                categorical_covariate_keys,
-                mod_key=modalities.categorical_covariate_keys,
-            ),
-            mu.MuDataNumericalJointObsField(
-                REGISTRY_KEYS.CONT_COVS_KEY,
-                continuous_covariate_keys,
-                mod_key=modalities.continuous_covariate_keys,
-            ),
-        ]
-        minify_type = _get_adata_minify_type(mdata)
-        if minify_type is not None:  # stored on the MuData itself (mdata.obsm, mdata.obs)
-            mudata_fields += cls._get_fields_for_adata_minification(minify_type)
-        adata_manager = AnnDataManager(fields=mudata_fields, setup_method_args=setup_method_args)
-        adata_manager.register_fields(mdata, **kwargs)
-        cls.register_manager(adata_manager)
+        labels_field = mu.MuDataLabelsWithUnlabeledObsField(
+            REGISTRY_KEYS.LABELS_KEY,
+            labels_key,
+            unlabeled_category,
+            mod_key=modalities.labels_key,
+        )
+        fields = rna_mudata_fields(
+            modalities,
+            labels_field,
+            rna_layer,
+            batch_key,
+            size_factor_key,
+            categorical_covariate_keys,
+            continuous_covariate_keys,
+        )
+        register_mudata_fields(cls, mdata, fields, setup_method_args, kwargs)
 
 
 __all__ = ["SCANVI"]

@@ -300,43 +300,74 @@ class SCVI(
 
         require_mudata()
         modalities = cls._create_modalities_attr_dict(modalities, setup_method_args)
-        mudata_fields = [
-            mu.MuDataLayerField(
-                REGISTRY_KEYS.X_KEY,
-                rna_layer,
-                mod_key=modalities.rna_layer,
-                is_count_data=True,
-                mod_required=True,
-            ),
-            mu.MuDataCategoricalObsField(
-                REGISTRY_KEYS.BATCH_KEY, batch_key, mod_key=modalities.batch_key
-            ),
-            mu.MuDataCategoricalObsField(
-                REGISTRY_KEYS.LABELS_KEY, labels_key, mod_key=modalities.labels_key
-            ),
-            mu.MuDataNumericalObsField(
-                REGISTRY_KEYS.SIZE_FACTOR_KEY,
-                size_factor_key,
-                mod_key=modalities.size_factor_key,
-                required=False,
-            ),
-            mu.MuDataCategoricalJointObsField(
-                REGISTRY_KEYS.CAT_COVS_KEY,
-                categorical_covariate_keys,
-                mod_key=modalities.categorical_covariate_keys,
-            ),
-            mu.MuDataNumericalJointObsField(
-                REGISTRY_KEYS.CONT_COVS_KEY,
-                continuous_covariate_keys,
-                mod_key=modalities.continuous_covariate_keys,
-            ),
-        ]
-        minify_type = _get_adata_minify_type(mdata)
-        if minify_type is not None:  # stored on the MuData itself (mdata.obsm, mdata.obs)
-            mudata_fields += cls._get_fields_for_adata_minification(minify_type)
-        adata_manager = AnnDataManager(fields=mudata_fields, setup_method_args=setup_method_args)
-        adata_manager.register_fields(mdata, **kwargs)
-        cls.register_manager(adata_manager)
+        labels_field = mu.MuDataCategoricalObsField(
+            REGISTRY_KEYS.LABELS_KEY, labels_key, mod_key=modalities.labels_key
+        )
+        fields = rna_mudata_fields(
+            modalities,
+            labels_field,
+            rna_layer,
+            batch_key,
+            size_factor_key,
+            categorical_covariate_keys,
+            continuous_covariate_keys,
+        )
+        register_mudata_fields(cls, mdata, fields, setup_method_args, kwargs)
+
+
+def rna_mudata_fields(
+    modalities: Any,
+    labels_field: Any,
+    rna_layer: str | None,
+    batch_key: str | None,
+    size_factor_key: str | None,
+    categorical_covariate_keys: list[str] | None,
+    continuous_covariate_keys: list[str] | None,
+) -> list:
+    """The MuData fields of an RNA model (counts, batch, ``labels_field``, covariates)."""
+    from ..data.fields import _mudata_fields as mu
+
+    return [
+        mu.MuDataLayerField(
+            REGISTRY_KEYS.X_KEY,
+            rna_layer,
+            mod_key=modalities.rna_layer,
+            is_count_data=True,
+            mod_required=True,
+        ),
+        mu.MuDataCategoricalObsField(
+            REGISTRY_KEYS.BATCH_KEY, batch_key, mod_key=modalities.batch_key
+        ),
+        labels_field,
+        mu.MuDataNumericalObsField(
+            REGISTRY_KEYS.SIZE_FACTOR_KEY,
+            size_factor_key,
+            mod_key=modalities.size_factor_key,
+            required=False,
+        ),
+        mu.MuDataCategoricalJointObsField(
+            REGISTRY_KEYS.CAT_COVS_KEY,
+            categorical_covariate_keys,
+            mod_key=modalities.categorical_covariate_keys,
+        ),
+        mu.MuDataNumericalJointObsField(
+            REGISTRY_KEYS.CONT_COVS_KEY,
+            continuous_covariate_keys,
+            mod_key=modalities.continuous_covariate_keys,
+        ),
+    ]
+
+
+def register_mudata_fields(
+    cls: Any, mdata: Any, fields: list, setup_method_args: dict, kwargs: dict
+) -> None:
+    """Register ``fields`` (and a minified MuData's posteriors) on ``mdata`` for ``cls``."""
+    minify_type = _get_adata_minify_type(mdata)
+    if minify_type is not None:  # stored on the MuData itself (mdata.obsm, mdata.obs)
+        fields = fields + cls._get_fields_for_adata_minification(minify_type)
+    adata_manager = AnnDataManager(fields=fields, setup_method_args=setup_method_args)
+    adata_manager.register_fields(mdata, **kwargs)
+    cls.register_manager(adata_manager)
 
 
 __all__ = ["SCVI", "_init_library_size"]
