@@ -93,7 +93,7 @@ def get_minified_mudata(adata_manager: AnnDataManager, keep_count_data: bool = F
     mdata = adata_manager.adata.copy()
     if keep_count_data:
         return mdata
-    for name in mdata.mod_names:
+    for name in mdata.mod.keys():
         modality = mdata.mod[name]
         del modality.raw
         shape = modality.X.shape
@@ -174,7 +174,7 @@ def check_minified_adata_at_load(registry: dict, adata: Any) -> None:
     if _registry_supports_minified(registry):
         return
     if _is_mudata(adata):
-        first = adata.mod[adata.mod_names[0]]
+        first = next(iter(adata.mod.values()))
         if _looks_minified(first) and not _has_census_latent_params(first):
             raise ValueError(
                 "It appears you are trying to load a non-minified model with minified mudata"
